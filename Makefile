@@ -1,0 +1,38 @@
+# clcore: `make install` then `make test`. VENV may point at a cached environment (CI does).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+UV := $(BIN)/uv
+
+.PHONY: install test test-fast lint format run docs bench clean
+
+install:  ## virtual environment + editable install with every optional extra and the dev tools
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(UV) pip install --python $(BIN)/python -e ".[dev]"
+
+test:  ## the whole test suite
+	$(BIN)/python -m pytest tests
+
+test-fast:  ## unit tests only (no end-to-end runs)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+lint:
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/ruff format --check src tests experiments
+
+format:
+	$(BIN)/ruff check --fix src tests experiments
+	$(BIN)/ruff format src tests experiments
+
+run:  ## the offline default experiment (override with ARGS="experiment=hat_pmnist ...")
+	$(BIN)/clrun $(ARGS)
+
+docs:  ## documentation site into site/
+	$(BIN)/mkdocs build --strict
+
+bench:  ## clrun versus a hand-written PyTorch loop (experiments/benchmarks/)
+	$(BIN)/python experiments/benchmarks/bench.py
+
+clean:
+	rm -rf outputs multirun site .pytest_cache .ruff_cache

@@ -1,0 +1,135 @@
+"""``CLAlgorithm``: the LightningModule every continual-learning algorithm extends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from lightning import LightningModule
+from torch import Tensor, nn
+
+from clcore.backbones.base import CLBackbone
+from clcore.heads.base import CLHeads
+from clcore.metrics.task_accuracy import TaskAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class CLAlgorithm(LightningModule):
+    """Backbone + heads + criterion, trained one task at a time by ``clcore.pipeline``.
+
+    The pipeline calls ``setup_task(t, num_classes)`` before each task, then ``Trainer.fit`` and
+    ``Trainer.test`` on every seen task. Batches are ``(x, local_labels, task_id)``; the heads map
+    local labels to targets for the paradigm. A subclass overrides what differs (a loss term,
+    a per-task hook, manual optimisation) and lists the paradigms it supports, checked here,
+    before any training.
+
+    Args:
+        backbone: the shared feature extractor.
+        heads: ``HeadsTIL`` / ``HeadsCIL`` / ``HeadDIL``.
+        optimizer: a factory ``optimizer(params=...)`` (Hydra ``_partial_: true``); a fresh
+            optimizer is built for every task, as in the papers (HAT Sec. 3; GEM Sec. 5).
+        lr_scheduler: optional factory ``lr_scheduler(optimizer=...)``.
+        num_tasks: length of the task sequence (sizes the per-task accuracy state).
+        log_every_n_steps: how often the training loss reaches the loggers; logging every step
+            costs a host-device synchronisation, so it is sparse by default.
+    """
+
+    supported_paradigms: tuple[str, ...] = ("til", "cil", "dil")
+
+    def __init__(
+        self,
+        backbone: CLBackbone,
+        heads: CLHeads,
+        optimizer: OptimizerFactory,
+        num_tasks: int,
+        lr_scheduler: SchedulerFactory | None = None,
+        lr_scheduler_monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        if heads.paradigm not in self.supported_paradigms:
+            raise ValueError(
+                f"{type(self).__name__} does not support paradigm '{heads.paradigm}': it supports "
+                f"{', '.join(self.supported_paradigms)}. Choose paradigm={self.supported_paradigms[0]} "
+                f"or another algorithm."
+            )
+        if heads.input_dim != backbone.output_dim:
+            raise ValueError(f"heads take {heads.input_dim}-d features but the backbone outputs {backbone.output_dim}")
+        self.backbone = backbone
+        self.heads = heads
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.num_tasks = num_tasks
+        self.task_id = 0
+        self.test_accuracy = TaskAccuracy(num_tasks)
+        self.last_test_accuracy: Tensor | None = None
+
+    @property
+    def paradigm(self) -> str:
+        return self.heads.paradigm
+
+    # ---- the per-task protocol -------------------------------------------------------------
+    def setup_task(self, task_id: int, num_classes: int) -> None:
+        """Prepare for task ``task_id`` (0-based): grow the heads, reset per-task state."""
+        self.task_id = task_id
+        self.backbone.setup_task(task_id)
+        self.heads.setup_task(task_id, num_classes)
+
+    def on_task_end(self, task_id: int) -> dict[str, float]:
+        """Called by the pipeline after task ``task_id`` trained. Returns scalars to record."""
+        return {}
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor, task_id: int) -> Tensor:
+        return self.heads(self.backbone(x), task_id)
+
+    def eval_logits(self, x: Tensor, task_id: int) -> Tensor:
+        """Logits used for validation and test; algorithms with a test-time rule override this."""
+        return self(x, task_id)
+
+    def loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(logits, targets)
+
+    # ---- Lightning steps ---------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, labels, task_id = batch
+        loss = self.loss(self(x, task_id), self.heads.targets(labels, task_id))
+        self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, labels, task_id = batch
+        logits = self.eval_logits(x, task_id)
+        targets = self.heads.targets(labels, task_id)
+        batch_size = labels.shape[0]
+        self.log("val/loss", self.loss(logits, targets), batch_size=batch_size, sync_dist=True)
+        self.log("val/acc", (logits.argmax(-1) == targets).float().mean(), batch_size=batch_size, sync_dist=True, prog_bar=True)
+
+    def on_test_epoch_start(self) -> None:
+        self.test_accuracy.reset()
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, labels, task_id = batch
+        preds = self.eval_logits(x, task_id).argmax(-1)
+        self.test_accuracy.update(preds, self.heads.targets(labels, task_id), task_id)
+
+    def on_test_epoch_end(self) -> None:
+        # compute() synchronises across processes: every rank gets the full per-task accuracy.
+        self.last_test_accuracy = self.test_accuracy.compute().cpu()
+        for j, acc in enumerate(self.last_test_accuracy.tolist()):
+            if acc == acc:  # not NaN: task j was evaluated
+                self.log(f"task_{j + 1}/test/acc", acc, rank_zero_only=True)
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.trainable_parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_monitor}}

@@ -1,0 +1,26 @@
+"""The backbone contract: images in, a feature vector per image out."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class CLBackbone(nn.Module):
+    """Feature extractor shared by all tasks.
+
+    Subclasses set ``output_dim`` (the feature size the heads read) and implement
+    ``forward(x) -> features`` of shape ``[batch, output_dim]``. Backbones that need the task
+    (HAT's mask backbones) take extra keyword arguments; the algorithm that owns them passes those.
+    """
+
+    def __init__(self, output_dim: int) -> None:
+        super().__init__()
+        if output_dim <= 0:
+            raise ValueError(f"backbone output_dim must be positive, got {output_dim}")
+        self.output_dim = output_dim
+
+    def setup_task(self, task_id: int) -> None:
+        """Called before task ``task_id`` (0-based) trains. Default: nothing to do."""
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

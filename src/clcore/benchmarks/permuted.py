@@ -1,0 +1,46 @@
+"""Permuted benchmarks: every task is the whole base data set under a fixed pixel permutation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clcore.benchmarks.base import CLBenchmark
+from clcore.benchmarks.sources import ImageData
+
+
+class PermutedBenchmark(CLBenchmark):
+    """Permuted MNIST / Permuted Digits (Goodfellow et al. 2013; Kirkpatrick et al. 2017).
+
+    Task t applies permutation ``pi_t`` of the H*W pixel positions (the same for every channel),
+    drawn from ``seed``. Every task has all classes of the base data set. With
+    ``permute_first_task=false`` task 1 sees the original images.
+    """
+
+    def __init__(self, source: str, num_tasks: int, permute_first_task: bool = True, **kwargs) -> None:
+        super().__init__(source, num_tasks, **kwargs)
+        self.permute_first_task = permute_first_task
+        self._permutations: Tensor | None = None
+
+    def classes_of(self, task_id: int) -> list[int]:
+        return list(range(self.load().num_classes))
+
+    def _check(self, data: ImageData) -> None:
+        if self.num_tasks > 10_000:
+            raise ValueError(f"benchmark.num_tasks={self.num_tasks} is not a sensible permuted sequence (max 10000)")
+
+    @property
+    def permutations(self) -> Tensor:
+        """``[num_tasks, H*W]`` pixel permutations, one row per task."""
+        if self._permutations is None:
+            _, height, width = self.image_shape
+            generator = torch.Generator().manual_seed(self.seed)
+            rows = [torch.randperm(height * width, generator=generator) for _ in range(self.num_tasks)]
+            if not self.permute_first_task:
+                rows[0] = torch.arange(height * width)
+            self._permutations = torch.stack(rows)
+        return self._permutations
+
+    def task_transform(self, x: Tensor, task_id: int) -> Tensor:
+        permutation = self.permutations[task_id].to(x.device)
+        return x.flatten(2)[:, :, permutation].view_as(x)

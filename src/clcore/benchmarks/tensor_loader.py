@@ -1,0 +1,63 @@
+"""Batches straight from in-memory tensors: no per-sample ``__getitem__``, no collate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class TensorBatchLoader:
+    """Iterates ``(images[idx], labels[idx], task_id)`` over index chunks of a (shuffled) order.
+
+    A torch ``DataLoader`` over a ``TensorDataset`` indexes one sample at a time and collates in
+    Python; for data that already sits in memory that is most of the step time. Slicing whole
+    batches is one tensor op. Lightning accepts any sized iterable as a dataloader.
+
+    Under data parallelism each process takes every ``world_size``-th sample of the same
+    shuffled order (the ``DistributedSampler`` rule), so the shards are disjoint and cover the data.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        task_id: int,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images, self.labels, self.task_id = images, labels, task_id
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _num_samples(self) -> int:
+        return len(range(self.rank, len(self.labels), self.world_size))
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        if self.world_size > 1:
+            order = (order if order is not None else torch.arange(n))[self.rank :: self.world_size]
+        if order is None:  # contiguous slices are views: no copy at all
+            for start in range(0, len(self) * self.batch_size, self.batch_size):
+                stop = start + self.batch_size
+                yield self.images[start:stop], self.labels[start:stop], self.task_id
+            return
+        order = order.to(self.images.device)
+        for chunk in order[: len(self) * self.batch_size].split(self.batch_size):
+            yield self.images[chunk], self.labels[chunk], self.task_id

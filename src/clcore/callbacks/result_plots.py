@@ -1,0 +1,79 @@
+"""PNG plots of a run's results: the accuracy matrix and accuracy / BWT across tasks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from clcore.callbacks.base import CLCallback
+from clcore.metrics.continual import average_accuracy
+from clcore.metrics.results import ContinualResults
+
+
+class ResultPlots(CLCallback):
+    """Writes ``plots/acc_matrix.png`` and ``plots/average_accuracy.png`` at the end of the sequence.
+
+    Drawn once at the end (not per task) so plotting never slows the task loop; the numbers
+    themselves are written after every task by the pipeline.
+    """
+
+    def __init__(self, output_subdir: str = "plots", every_task: bool = False) -> None:
+        self.output_subdir = output_subdir
+        self.every_task = every_task
+
+    def on_task_end(self, trainer, algorithm, task_id: int, results: ContinualResults) -> None:
+        if self.every_task and trainer.is_global_zero:
+            self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
+
+    def on_sequence_end(self, trainer, algorithm, results: ContinualResults) -> None:
+        if trainer.is_global_zero:
+            self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
+
+    @staticmethod
+    def draw(results: ContinualResults, folder: Path) -> list[Path]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        folder.mkdir(parents=True, exist_ok=True)
+        R = results.trained.numpy() * 100
+        k = results.tasks_done
+        ticks = list(range(k))
+        labels = [str(t + 1) for t in ticks]
+
+        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+        image = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
+        for i in range(k):
+            for j in range(i + 1):
+                if not math.isnan(R[i, j]):
+                    ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=8, color="white" if R[i, j] < 60 else "black")
+        ax.set_xticks(ticks, labels)
+        ax.set_yticks(ticks, labels)
+        ax.set_xlabel("evaluated on task j")
+        ax.set_ylabel("after training task i")
+        ax.set_title("accuracy R[i, j] (%)")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+        fig.tight_layout()
+        matrix_path = folder / "acc_matrix.png"
+        fig.savefig(matrix_path, dpi=120)
+        plt.close(fig)
+
+        aa = average_accuracy(results.trained).numpy() * 100
+        bwt = [math.nan] + [float((R[i, :i] - R.diagonal()[:i]).mean()) for i in range(1, k)]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+        left.plot([t + 1 for t in ticks], aa, marker="o")
+        left.set_xlabel("after training task")
+        left.set_ylabel("average accuracy (%)")
+        left.set_ylim(0, 100)
+        left.grid(alpha=0.3)
+        right.plot([t + 1 for t in ticks], bwt, marker="o", color="tab:red")
+        right.axhline(0, color="gray", lw=0.8)
+        right.set_xlabel("after training task")
+        right.set_ylabel("BWT (points)")
+        right.grid(alpha=0.3)
+        fig.tight_layout()
+        curve_path = folder / "average_accuracy.png"
+        fig.savefig(curve_path, dpi=120)
+        plt.close(fig)
+        return [matrix_path, curve_path]

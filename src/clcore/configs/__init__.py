@@ -1,0 +1,1 @@
+"""Hydra configs shipped with clcore (found by `clrun` from any directory)."""

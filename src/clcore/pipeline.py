@@ -1,0 +1,145 @@
+"""The task loop: one Trainer per task, test on every seen task, results written after each task.
+
+    for t in tasks:
+        benchmark.setup_task(t)            per-task dataloaders
+        algorithm.setup_task(t, classes)   heads grow, masks reset, ...
+        Trainer(...).fit(...)              one Trainer per task, fresh optimizer
+        Trainer(...).test(...)             every seen task, dataloader_idx = task index
+        results + checkpoint written, atomically
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from lightning import Trainer, seed_everything
+from omegaconf import DictConfig, OmegaConf
+
+from clcore.algorithms.base import CLAlgorithm
+from clcore.benchmarks.base import CLBenchmark
+from clcore.metrics.results import ContinualResults
+from clcore.utils.atomic import torch_save_atomic, write_json_atomic, write_text_atomic
+from clcore.utils.instantiate import instantiate_group, instantiate_with_defaults
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[CLBenchmark, CLAlgorithm]:
+    """Benchmark and algorithm from the config; loads the data first so a missing file fails fast."""
+    benchmark: CLBenchmark = instantiate(cfg.benchmark)
+    benchmark.load()
+    channels, height, width = benchmark.image_shape
+    backbone = instantiate_with_defaults(
+        cfg.backbone,
+        input_dim=channels * height * width,
+        in_channels=channels,
+        num_tasks=benchmark.num_tasks,
+    )
+    heads = instantiate(cfg.paradigm, input_dim=backbone.output_dim)
+    algorithm = instantiate(
+        cfg.algorithm,
+        backbone=backbone,
+        heads=heads,
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        num_tasks=benchmark.num_tasks,
+    )
+    return benchmark, algorithm
+
+
+def write_results(results: ContinualResults, output_dir: Path) -> None:
+    """``results/acc_matrix.csv`` and ``results/summary.json``, each replaced atomically."""
+    write_text_atomic(output_dir / "results" / "acc_matrix.csv", results.acc_matrix_csv())
+    write_json_atomic(output_dir / "results" / "summary.json", results.summary())
+
+
+def save_checkpoint(algorithm: CLAlgorithm, results: ContinualResults, task_id: int, output_dir: Path) -> Path:
+    """``checkpoints/task_<t>.ckpt``: tensors and plain containers only (``weights_only=True`` loads it)."""
+    path = output_dir / "checkpoints" / f"task_{task_id + 1}.ckpt"
+    torch_save_atomic(path, {"task_id": task_id, "state_dict": algorithm.state_dict(), "results": results.state_dict()})
+    return path
+
+
+def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int) -> None:
+    """Accuracy-matrix row, average accuracy and BWT to every logger, keyed for dashboards."""
+    if not trainer.loggers:
+        return
+    summary = results.summary()
+    metrics = {f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": float(results.acc_matrix[task_id, j]) for j in range(task_id + 1)}
+    metrics["average_accuracy"] = summary["average_accuracy"]
+    if summary["bwt"] is not None:
+        metrics["bwt"] = summary["bwt"]
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=task_id + 1)
+
+
+def _call(callbacks: list, hook: str, *args) -> None:
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if callable(method):
+            method(*args)
+
+
+def run_sequence(cfg: DictConfig) -> ContinualResults:
+    """Run the whole task sequence described by ``cfg`` and return its results."""
+    # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    benchmark, algorithm = build(cfg)
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    results = ContinualResults(benchmark.num_tasks)
+    untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
+    trainer = None
+    for task_id in range(benchmark.num_tasks):
+        started = time.perf_counter()
+        benchmark.setup_task(task_id)
+        algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+        if untrained is not None and task_id > 0:
+            _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
+        trainer.fit(algorithm, datamodule=benchmark)
+        trainer.test(algorithm, datamodule=benchmark, verbose=False)
+        results.record_row(task_id, algorithm.last_test_accuracy)
+        for name, value in algorithm.on_task_end(task_id).items():
+            results.record_extra(task_id, name, value)
+        results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
+        if trainer.is_global_zero:
+            write_results(results, output_dir)
+            if cfg.save_checkpoints:
+                save_checkpoint(algorithm, results, task_id, output_dir)
+        _log_task_summary(trainer, results, task_id)
+        _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
+        log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
+    _call(callbacks, "on_sequence_end", trainer, algorithm, results)
+    return results
+
+
+def _row_text(results: ContinualResults, task_id: int) -> str:
+    return " ".join(f"{100 * v:.1f}" for v in results.acc_matrix[task_id, : task_id + 1].tolist())
+
+
+def _copy_for_zero_shot(algorithm: CLAlgorithm) -> CLAlgorithm:
+    """The randomly initialised model, kept to measure b_j for forward transfer (GEM Sec. 2)."""
+    import copy
+
+    return copy.deepcopy(algorithm)
+
+
+def _zero_shot_eval(trainer, algorithm, untrained, benchmark, results: ContinualResults, task_id: int) -> None:
+    """R[j-1, j] (current model, before training task j) and b_j (untrained model) on task j."""
+    benchmark.test_tasks = [task_id]
+    for model, target in ((algorithm, results.acc_before_training), (untrained, results.acc_untrained)):
+        if model is untrained:
+            for t in range(untrained.heads.num_tasks_seen, task_id + 1):
+                untrained.setup_task(t, benchmark.num_classes_of(t))
+        trainer.test(model, datamodule=benchmark, verbose=False)
+        target[task_id] = float(model.last_test_accuracy[task_id])
+    benchmark.test_tasks = None
