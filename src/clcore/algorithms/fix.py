@@ -29,3 +29,7 @@ class Fix(CLAlgorithm):
         # backbone in eval mode so batch norm neither updates its statistics nor uses batch ones.
         if self.backbone_frozen:
             self.backbone.eval()
+
+    def on_fit_end(self) -> None:
+        # Lightning keeps module modes across fit/test; hand the next task a module in train mode.
+        self.backbone.train()

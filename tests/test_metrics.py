@@ -1,0 +1,79 @@
+"""The continual-learning metrics against hand-computed values on a hand-made matrix."""
+
+import math
+
+import pytest
+import torch
+
+from clcore.metrics import ContinualResults, TaskAccuracy, average_accuracy, backward_transfer, forgetting, forward_transfer
+
+NAN = float("nan")
+# R[i, j]: accuracy on task j after training task i (0-based here).
+R = torch.tensor(
+    [
+        [0.90, NAN, NAN],
+        [0.70, 0.80, NAN],
+        [0.60, 0.75, 0.95],
+    ],
+    dtype=torch.float64,
+)
+
+
+def test_average_accuracy_per_step():
+    expected = [0.90, (0.70 + 0.80) / 2, (0.60 + 0.75 + 0.95) / 3]
+    assert average_accuracy(R).tolist() == pytest.approx(expected)
+
+
+def test_backward_transfer():
+    # 1/(T-1) sum_{j<T} (R[T, j] - R[j, j]) = ((0.60 - 0.90) + (0.75 - 0.80)) / 2
+    assert backward_transfer(R) == pytest.approx(-0.175)
+    assert math.isnan(backward_transfer(R[:1, :1]))
+
+
+def test_forgetting_uses_the_best_earlier_accuracy():
+    # task 1: max(0.90, 0.70) - 0.60 = 0.30; task 2: max(0.80) - 0.75 = 0.05
+    assert forgetting(R).tolist() == pytest.approx([0.30, 0.05])
+    # a task that improved after its own training is measured against its best earlier value
+    R2 = R.clone()
+    R2[1, 0] = 0.95
+    assert forgetting(R2).tolist() == pytest.approx([0.35, 0.05])
+
+
+def test_forward_transfer():
+    before = torch.tensor([NAN, 0.30, 0.40], dtype=torch.float64)  # R[j-1, j]
+    untrained = torch.tensor([NAN, 0.10, 0.10], dtype=torch.float64)  # b_j
+    assert forward_transfer(R, before, untrained) == pytest.approx(((0.30 - 0.10) + (0.40 - 0.10)) / 2)
+
+
+def test_results_summary_and_csv():
+    results = ContinualResults(num_tasks=4)
+    for i in range(3):
+        results.record_row(i, torch.nan_to_num(R[i], nan=0.0))
+    summary = results.summary()
+    assert summary["tasks_done"] == 3
+    assert summary["average_accuracy"] == pytest.approx((0.60 + 0.75 + 0.95) / 3)
+    assert summary["bwt"] == pytest.approx(-0.175)
+    assert summary["forgetting_per_task"] == pytest.approx([0.30, 0.05])
+    lines = results.acc_matrix_csv().splitlines()
+    assert lines[0] == "after_task,task_1,task_2,task_3,task_4"
+    assert lines[1] == "1,0.900000,,,"  # empty cells where j > i
+    assert lines[3] == "3,0.600000,0.750000,0.950000,"
+    restored = ContinualResults.from_state_dict(results.state_dict())
+    assert restored.summary() == summary
+
+
+def test_record_row_refuses_a_missing_task():
+    results = ContinualResults(num_tasks=2)
+    with pytest.raises(RuntimeError, match="task\\(s\\) \\[2\\]"):
+        results.record_row(1, torch.tensor([0.5, NAN]))
+
+
+def test_task_accuracy_metric_per_task():
+    metric = TaskAccuracy(num_tasks=3)
+    metric.update(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0]), task_id=0)  # 3/4
+    metric.update(torch.tensor([2, 2]), torch.tensor([2, 1]), task_id=2)  # 1/2
+    metric.update(torch.tensor([1]), torch.tensor([1]), task_id=0)  # task 0 now 4/5
+    accuracy = metric.compute()
+    assert accuracy[0].item() == pytest.approx(0.8)
+    assert math.isnan(accuracy[1].item())
+    assert accuracy[2].item() == pytest.approx(0.5)
