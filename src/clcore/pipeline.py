@@ -6,11 +6,16 @@
         Trainer(...).fit(...)              one Trainer per task, fresh optimizer
         Trainer(...).test(...)             every seen task, dataloader_idx = task index
         results + checkpoint written, atomically
+
+Before anything is built the config is validated (``clcore.validation``: every problem at once),
+and a run whose output folder holds checkpoints of the same config continues after the last
+finished task (``clcore.resume``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -18,11 +23,13 @@ from hydra.utils import instantiate
 from lightning import Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
+from clcore import resume
 from clcore.algorithms.base import CLAlgorithm
 from clcore.benchmarks.base import CLBenchmark
 from clcore.metrics.results import ContinualResults
-from clcore.utils.atomic import torch_save_atomic, write_json_atomic, write_text_atomic
+from clcore.utils.atomic import write_json_atomic, write_text_atomic
 from clcore.utils.instantiate import instantiate_group, instantiate_with_defaults
+from clcore.validation import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +63,6 @@ def write_results(results: ContinualResults, output_dir: Path) -> None:
     write_json_atomic(output_dir / "results" / "summary.json", results.summary())
 
 
-def save_checkpoint(algorithm: CLAlgorithm, results: ContinualResults, task_id: int, output_dir: Path) -> Path:
-    """``checkpoints/task_<t>.ckpt``: tensors and plain containers only (``weights_only=True`` loads it)."""
-    path = output_dir / "checkpoints" / f"task_{task_id + 1}.ckpt"
-    torch_save_atomic(path, {"task_id": task_id, "state_dict": algorithm.state_dict(), "results": results.state_dict()})
-    return path
-
-
 def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int) -> None:
     """Accuracy-matrix row, average accuracy and BWT to every logger, keyed for dashboards."""
     if not trainer.loggers:
@@ -83,26 +83,47 @@ def _call(callbacks: list, hook: str, *args) -> None:
             method(*args)
 
 
-def run_sequence(cfg: DictConfig) -> ContinualResults:
-    """Run the whole task sequence described by ``cfg`` and return its results."""
+def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> ContinualResults:
+    """Run the whole task sequence described by ``cfg`` and return its results.
+
+    ``extra_callbacks`` are added to the configured ones (for programmatic use: notebooks,
+    benchmarks, tests that need the callback object afterwards).
+    """
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    _use_cached_cuda_check()
+    validate_config(cfg)  # before anything is written: a refused run leaves the folder as it was
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from, _ = resume.resume_plan(cfg)
+    config_digest = resume.config_hash(cfg)
     seed_everything(cfg.seed, workers=True, verbose=False)
     benchmark, algorithm = build(cfg)
+    untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
+    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
+    results = ContinualResults(benchmark.num_tasks)
+    if resume_from is not None:
+        # Also restores the RNG states saved after that task: the next task starts as it would have.
+        results = resume.restore(resume.read_checkpoint(resume_from), algorithm, untrained, callbacks)
+        log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+    else:
+        resume.clear_previous_run(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    results = ContinualResults(benchmark.num_tasks)
-    untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
     trainer = None
-    for task_id in range(benchmark.num_tasks):
+    for task_id in range(results.tasks_done, benchmark.num_tasks):
         started = time.perf_counter()
         benchmark.setup_task(task_id)
         algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, default_root_dir=str(output_dir))
+        trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(output_dir),
+            # without a validation split there is nothing to validate (and no empty-loader warning)
+            **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
+        )
         if untrained is not None and task_id > 0:
             _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
         trainer.fit(algorithm, datamodule=benchmark)
@@ -113,13 +134,29 @@ def run_sequence(cfg: DictConfig) -> ContinualResults:
         results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
         if trainer.is_global_zero:
             write_results(results, output_dir)
-            if cfg.save_checkpoints:
-                save_checkpoint(algorithm, results, task_id, output_dir)
         _log_task_summary(trainer, results, task_id)
         _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
+        # Last, so the saved RNG state is the one the next task starts from.
+        if trainer.is_global_zero and cfg.save_checkpoints:
+            resume.save_checkpoint(output_dir, task_id, algorithm, results, config_digest, untrained, callbacks)
         log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
     _call(callbacks, "on_sequence_end", trainer, algorithm, results)
     return results
+
+
+def _use_cached_cuda_check() -> None:
+    """Undo Lightning's ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on machines without a GPU.
+
+    Lightning sets it on import so that forked DataLoader workers never see an initialised CUDA.
+    With a CUDA build of torch and no GPU, torch then re-opens NVML in every
+    ``torch.cuda.is_available()``, which ``torch.optim.Adam`` calls on every step (~0.5 ms per
+    step measured here). Without a GPU there is no CUDA state a fork could poison, and clcore's
+    in-memory loaders fork no workers; with a GPU the setting is left alone.
+    """
+    import torch
+
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
 
 def _row_text(results: ContinualResults, task_id: int) -> str:

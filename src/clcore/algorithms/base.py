@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,10 @@ from clcore.metrics.task_accuracy import TaskAccuracy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite: the task stops; earlier checkpoints stay as they were."""
 
 
 class CLAlgorithm(LightningModule):
@@ -38,6 +42,12 @@ class CLAlgorithm(LightningModule):
     """
 
     supported_paradigms: tuple[str, ...] = ("til", "cil", "dil")
+    # The backbone class this algorithm needs (e.g. HAT: a mask backbone); checked by
+    # ``clcore.validation`` from the config, before anything is built, and again here.
+    required_backbone_type: type | None = None
+    # The loss is checked for NaN/inf on the device every step, but read on the host (a
+    # synchronisation) only every this many training batches and at each epoch's last batch.
+    nonfinite_check_every_n_steps: int = 50
 
     def __init__(
         self,
@@ -55,6 +65,10 @@ class CLAlgorithm(LightningModule):
                 f"{', '.join(self.supported_paradigms)}. Choose paradigm={self.supported_paradigms[0]} "
                 f"or another algorithm."
             )
+        if self.required_backbone_type is not None and not isinstance(backbone, self.required_backbone_type):
+            raise ValueError(
+                f"{type(self).__name__} needs a {self.required_backbone_type.__name__} backbone, got {type(backbone).__name__}"
+            )
         if heads.input_dim != backbone.output_dim:
             raise ValueError(f"heads take {heads.input_dim}-d features but the backbone outputs {backbone.output_dim}")
         self.backbone = backbone
@@ -66,6 +80,9 @@ class CLAlgorithm(LightningModule):
         self.task_id = 0
         self.test_accuracy = TaskAccuracy(num_tasks)
         self.last_test_accuracy: Tensor | None = None
+        self._nonfinite_loss_seen: Tensor | None = None  # on the loss's device: no sync to update
+        self._train_batches_this_task = 0
+        self._train_batches_checked = 0
 
     @property
     def paradigm(self) -> str:
@@ -77,10 +94,28 @@ class CLAlgorithm(LightningModule):
         self.task_id = task_id
         self.backbone.setup_task(task_id)
         self.heads.setup_task(task_id, num_classes)
+        self._nonfinite_loss_seen = None
+        self._train_batches_this_task = self._train_batches_checked = 0
 
     def on_task_end(self, task_id: int) -> dict[str, float]:
         """Called by the pipeline after task ``task_id`` trained. Returns scalars to record."""
         return {}
+
+    # ---- checkpointed state beyond parameters and buffers -----------------------------------
+    def cl_state_dict(self) -> dict:
+        """Algorithm state outside ``state_dict()``, saved in every per-task checkpoint.
+
+        Parameters and buffers (HAT's masks) and module extra state (heads) are saved already;
+        an algorithm that keeps other state across tasks in plain attributes (e.g. a list of
+        task vectors) returns it here, or a resumed run would lose it. Tensors, numbers,
+        strings, lists and dicts only: checkpoints load with ``weights_only=True``.
+        """
+        return {}
+
+    def load_cl_state_dict(self, state: dict) -> None:
+        """Inverse of ``cl_state_dict``; called when a run resumes from a checkpoint."""
+        if state:
+            raise NotImplementedError(f"{type(self).__name__} saved {sorted(state)} in cl_state_dict but does not override load_cl_state_dict")
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, task_id: int) -> Tensor:
@@ -97,8 +132,53 @@ class CLAlgorithm(LightningModule):
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, labels, task_id = batch
         loss = self.loss(self(x, task_id), self.heads.targets(labels, task_id))
-        self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if self.is_logging_step(batch_idx):
+            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def is_logging_step(self, batch_idx: int) -> bool:
+        """Log training scalars only on the steps the loggers write (``trainer.log_every_n_steps``).
+
+        ``self.log`` costs about a millisecond of Lightning bookkeeping per call, more than a
+        small model's step; values logged between writes would be dropped anyway.
+        """
+        trainer = self._trainer
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        return (self.global_step + 1) % every == 0 or batch_idx == 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """Stops the task if the loss went non-finite: a diverged model only produces garbage.
+
+        Runs for automatic and manual optimisation alike (``outputs`` holds the returned loss).
+        The flag is accumulated on the loss's device and read every
+        ``nonfinite_check_every_n_steps`` batches and at each epoch's end, so there is no host
+        synchronisation per step. A subclass that overrides this hook must call ``super()``.
+        """
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, Tensor):
+            nonfinite = ~torch.isfinite(loss.detach()).all()
+            seen = self._nonfinite_loss_seen
+            self._nonfinite_loss_seen = nonfinite if seen is None else seen | nonfinite
+        self._train_batches_this_task += 1
+        epoch_end = batch_idx + 1 == self.trainer.num_training_batches
+        if epoch_end or self._train_batches_this_task % self.nonfinite_check_every_n_steps == 0:
+            self.raise_if_loss_was_nonfinite()
+
+    def raise_if_loss_was_nonfinite(self) -> None:
+        """Raise ``NonFiniteLossError`` if a loss since the last check was NaN/inf (one host sync)."""
+        seen, self._nonfinite_loss_seen = self._nonfinite_loss_seen, None
+        first, last = self._train_batches_checked + 1, self._train_batches_this_task
+        self._train_batches_checked = last
+        nonfinite = seen is not None and bool(seen)
+        if self._trainer is not None:  # every process stops together under data parallelism
+            nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
+        if nonfinite:
+            raise NonFiniteLossError(
+                f"task {self.task_id + 1}: the training loss became NaN or infinite in training batches "
+                f"{first}..{last} of this task, so the task was stopped. Usual causes: a learning rate too "
+                f"high for this model (optimizer.lr), an unstable loss term, or bad inputs. Results and "
+                f"checkpoints of the earlier tasks are intact."
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, labels, task_id = batch
@@ -118,7 +198,8 @@ class CLAlgorithm(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # compute() synchronises across processes: every rank gets the full per-task accuracy.
-        self.last_test_accuracy = self.test_accuracy.compute().cpu()
+        # reshape: torchmetrics squeezes a one-element result (a one-task run) to a scalar
+        self.last_test_accuracy = self.test_accuracy.compute().reshape(-1).cpu()
         for j, acc in enumerate(self.last_test_accuracy.tolist()):
             if acc == acc:  # not NaN: task j was evaluated
                 self.log(f"task_{j + 1}/test/acc", acc, rank_zero_only=True)

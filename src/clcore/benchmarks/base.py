@@ -174,12 +174,15 @@ class CLBenchmark(LightningDataModule):
         return [self._loader("test", t, train=False) for t in tasks]
 
     # ---- per-batch transform ---------------------------------------------------------------
-    def transform_batch(self, images: Tensor, task_id: int) -> Tensor:
-        """uint8 ``[B, C, H, W]`` -> normalised float, then the task's transform; on ``images.device``."""
+    def normalise(self, images: Tensor) -> Tensor:
+        """uint8 ``[B, C, H, W]`` -> float, per-channel ``(x / 255 - mean) / std``, on ``images.device``."""
         mean = self._mean.to(images.device)
         std = self._std.to(images.device)
-        x = (images.float().div_(255.0) - mean) / std
-        return self.task_transform(x, task_id)
+        return (images.float().div_(255.0) - mean) / std
+
+    def transform_batch(self, images: Tensor, task_id: int) -> Tensor:
+        """uint8 ``[B, C, H, W]`` -> normalised float, then the task's transform; on ``images.device``."""
+        return self.task_transform(self.normalise(images), task_id)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels, task_id = batch

@@ -1,0 +1,84 @@
+"""Hand-written PyTorch loops doing exactly the math of clrun's runs, for ``bench.py``.
+
+No Lightning, no Hydra, no callbacks: tensors, a model, an optimizer, a for-loop. They draw
+random numbers in the same order as clcore (model init after seeding, one head per task at the
+start of the task, the same per-task shuffling seed), so with the same seed they reach the same
+accuracies and the timing comparison is of equal work.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from lightning import seed_everything
+from torch import nn
+
+
+class TaskData:
+    """Per-task batches from uint8 tensors: normalise, then permute pixels (Permuted MNIST)."""
+
+    def __init__(self, train_x, train_y, test_x, test_y, mean, std, permutations):
+        self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
+        self.mean, self.std, self.permutations = mean, std, permutations
+
+    def transform(self, images, task_id):
+        permuted = images.flatten(2).index_select(2, self.permutations[task_id]).view_as(images)
+        return (permuted.float().div_(255.0) - self.mean) / self.std
+
+
+def mlp(input_dim=784, hidden_dims=(256, 100), output_dim=64) -> nn.Sequential:
+    dims = [input_dim, *hidden_dims, output_dim]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def evaluate(forward, data: TaskData, seen_tasks: int, eval_batch_size: int) -> list[float]:
+    accuracies = []
+    for task_id in range(seen_tasks):
+        correct = 0
+        for start in range(0, len(data.test_y), eval_batch_size):
+            x = data.transform(data.test_x[start : start + eval_batch_size], task_id)
+            correct += (forward(x, task_id).argmax(-1) == data.test_y[start : start + eval_batch_size]).sum()
+        accuracies.append(int(correct) / len(data.test_y))
+    return accuracies
+
+
+def shuffled_batches(num_samples: int, batch_size: int, generator: torch.Generator):
+    return torch.randperm(num_samples, generator=generator).split(batch_size)
+
+
+def finetuning(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int, eval_batch_size: int, lr: float):
+    """Finetuning, TIL: backbone + one linear head per task, a fresh Adam per task."""
+    timer = {"setup": 0.0, "train": 0.0, "test": 0.0}
+    started = time.perf_counter()
+    seed_everything(seed, verbose=False)
+    backbone, heads = mlp(), nn.ModuleList()
+    timer["setup"] += time.perf_counter() - started
+    matrix = []
+    for task_id in range(num_tasks):
+        started = time.perf_counter()
+        heads.append(nn.Linear(64, 10))
+        parameters = [*backbone.parameters(), *heads.parameters()]
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
+        timer["setup"] += time.perf_counter() - started
+        started = time.perf_counter()
+        backbone.train()
+        for _ in range(epochs):
+            for index in shuffled_batches(len(data.train_y), batch_size, generator):
+                x = data.transform(data.train_x[index], task_id)
+                loss = F.cross_entropy(heads[task_id](backbone(x)), data.train_y[index])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        timer["train"] += time.perf_counter() - started
+        started = time.perf_counter()
+        backbone.eval()
+        matrix.append(evaluate(lambda x, t: heads[t](backbone(x)), data, task_id + 1, eval_batch_size))
+        timer["test"] += time.perf_counter() - started
+    return matrix, timer
