@@ -1,0 +1,56 @@
+"""Fully connected HAT backbone: the MLP with a task mask on every layer (Serra et al. 2018)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from clcore.backbones.hat_mask import HATMaskBackbone
+
+
+class HATMaskMLP(HATMaskBackbone):
+    """``input_dim -> hidden_dims[0] -> ... -> output_dim``, every Linear masked, ReLU after each.
+
+    Mirrors ``MLP`` (same layers, the last one is the feature layer and is masked too), with
+    ``h_l = dropout(relu(a_l^t * fc_l(h_{l-1})))`` (mask before the activation, see
+    ``hat_mask``). Layer names are ``fc1``, ``fc2``, ...; ``fc1`` reads the input, which has no
+    mask. E.g. 784-256-100-64, the AdaHAT / CLArena PMNIST setting, or 784-2000-2000 (HAT paper).
+
+    Args:
+        input_dim: flattened input size.
+        hidden_dims: hidden layer widths.
+        output_dim: feature size (width of the last, feature, layer).
+        dropout: dropout after each activation (HAT's reference MLP used 0.2 / 0.5).
+        num_tasks: tasks to make room for (task embeddings and stored masks).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] = (256, 100),
+        output_dim: int = 64,
+        dropout: float = 0.0,
+        *,
+        num_tasks: int,
+    ) -> None:
+        super().__init__(output_dim, num_tasks)
+        self.input_dim = input_dim
+        dims = [input_dim, *hidden_dims, output_dim]
+        self.fcs = nn.ModuleList(nn.Linear(fan_in, fan_out) for fan_in, fan_out in zip(dims[:-1], dims[1:]))
+        for index, layer in enumerate(self.fcs):
+            self.register_masked_layer(f"fc{index + 1}", layer)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def masked_forward(self, x: Tensor, masks: dict[str, Tensor], task_id: int) -> Tensor:
+        h = torch.flatten(x, 1)
+        for name, layer in zip(self.masked_layer_names, self.fcs):
+            h = self.dropout(torch.relu(layer(h) * masks[name]))
+        return h
+
+    def input_unit_masks(self, unit_masks: dict[str, Tensor]) -> dict[str, Tensor | None]:
+        names = self.masked_layer_names
+        return {
+            name: (unit_masks[names[index - 1]] if index > 0 else None) for index, name in enumerate(names)
+        }
