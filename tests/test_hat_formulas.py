@@ -202,7 +202,8 @@ def test_eq2_multipliers_linear_layers():
     raw = {p: torch.randn_like(p) for p in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)}
     for p, g in raw.items():
         p.grad = g.clone()
-    algorithm.adjust_gradients(backbone.previous_cumulative_mask(1))
+    algorithm.on_train_start()  # caches Eq. 2's rates for the task being trained (task 2)
+    algorithm.adjust_gradients()
     # fc1 reads the input (no mask): 1 - a_{1,i}; its rows for units 0 and 2 freeze.
     expected_fc1 = torch.tensor([[0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3])
     # fc2: 1 - min(a_{2,i}, a_{1,j}); unit 0 of fc2 kept, input units 0 and 2 kept.
@@ -239,7 +240,8 @@ def test_eq2_multipliers_conv_layers_with_residual_inputs():
     layers = backbone.masked_layers
     for layer in layers.values():
         layer.weight.grad = torch.ones_like(layer.weight)
-    algorithm.adjust_gradients(backbone.previous_cumulative_mask(1))
+    algorithm.on_train_start()  # caches Eq. 2's rates for the task being trained (task 2)
+    algorithm.adjust_gradients()
 
     def multiplier(name):  # per (out, in) channel pair: equal over the kernel window
         grad = layers[name].weight.grad
@@ -302,7 +304,9 @@ def test_adjust_gradients_const_alpha_on_the_network():
     for layer in backbone.masked_layers.values():
         layer.weight.grad = torch.ones_like(layer.weight)
         layer.bias.grad = torch.ones_like(layer.bias)
-    algorithm.adjust_gradients(backbone.previous_cumulative_mask(1))
+    algorithm.task_id = 1  # training task 2: task 1's stored mask is the previous cumulative mask
+    algorithm.on_train_start()  # caches Eq. 2's rates for the task being trained (task 2)
+    algorithm.adjust_gradients()
     assert backbone.fcs[1].weight.grad.tolist() == [[0.25, 1.0, 0.25, 1.0], [1.0, 1.0, 1.0, 1.0]]
     assert backbone.fcs[0].bias.grad.tolist() == [0.25, 1.0, 0.25, 1.0]
 

@@ -94,7 +94,7 @@ def test_earlier_tasks_test_outputs_never_change(kind, optimizer, tmp_path):
     test_inputs = {t: torch.cat([x for x, _, _ in data[t]]) for t in range(NUM_TASKS)}
     logits_after_own_task: dict[int, torch.Tensor] = {}
     accuracy_after_own_task: dict[int, float] = {}
-    plots = HATMaskPlots()
+    plots = HATMaskPlots(every_task=True)  # one figure per task, checked below
 
     for t in range(NUM_TASKS):
         algorithm.setup_task(t, 2)

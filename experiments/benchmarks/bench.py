@@ -67,6 +67,7 @@ def run_clrun(algorithm: str, args, num_tasks: int, output_dir: Path):
         "callbacks=none",
         "logger=[]",
         "save_checkpoints=false",
+        "resume=false",  # repeats reuse the folder: start over, never continue a finished run
     ]
     if args.input_dim:
         overrides.append(f"backbone.input_dim={args.input_dim}")
@@ -123,6 +124,7 @@ def startup_seconds(args) -> float:
         f"hydra.run.dir={Path(args.output) / 'startup'}",
         "trainer.enable_progress_bar=false",
         "+trainer.max_steps=1",
+        "resume=false",
         "+callbacks.first_batch._target_=first_batch.FirstBatchMarker",
         f"+callbacks.first_batch.path={marker}",
     ]

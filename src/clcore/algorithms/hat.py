@@ -202,6 +202,21 @@ class HAT(CLAlgorithm):
         if not bool(self.backbone.task_mask_stored[task_id]):
             self.backbone.initialise_task_embedding(task_id, self.embedding_init)
 
+    def on_train_start(self) -> None:
+        # Eq. 2's multipliers depend only on the earlier tasks' cumulative mask, fixed while
+        # this task trains: compute the per-parameter measures (and, for the deterministic
+        # modes, the rates) once per task instead of once per step.
+        self._previous_cumulative_mask = self.backbone.previous_cumulative_mask(self.task_id)
+        measures = self.backbone.parameter_measures(self._previous_cumulative_mask, aggregation="min")
+        self._adjustment = {
+            name: tuple(None if m is None else self._rate_or_measure(m) for m in pair) for name, pair in measures.items()
+        }
+
+    def _rate_or_measure(self, parameter_mask: Tensor) -> Tensor:
+        if self.adjustment_mode == "hat_random":  # a fresh random rate every step
+            return parameter_mask
+        return adjustment_rate(parameter_mask, self.adjustment_mode, self.adjustment_alpha)
+
     def on_train_end(self) -> None:
         # Store before the pipeline's trainer.test, which uses the binary mask (Sec. 2.2-2.3).
         self.backbone.store_mask(self.task_id)
@@ -263,14 +278,14 @@ class HAT(CLAlgorithm):
         masks = self.backbone.mask(task_id, "train", s)
         logits = self.heads(self.backbone.masked_forward(x, masks, task_id), task_id)
         cross_entropy = self.loss(logits, self.heads.targets(labels, task_id))
-        previous_cumulative_mask = self.backbone.previous_cumulative_mask(task_id)
+        previous_cumulative_mask = self._previous_cumulative_mask
         regulariser = mask_sparsity_regulariser(masks, previous_cumulative_mask, self.mask_sparsity_reg_mode)
         loss = cross_entropy + self.mask_sparsity_reg_factor * regulariser
 
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        self.adjust_gradients(previous_cumulative_mask)
+        self.adjust_gradients()
         self.compensate_embedding_gradients(task_id, s)
         optimizer.step()
         self.clamp_embeddings(task_id)
@@ -282,18 +297,18 @@ class HAT(CLAlgorithm):
         return loss
 
     @torch.no_grad()
-    def adjust_gradients(self, previous_cumulative_mask: dict[str, Tensor]) -> None:
+    def adjust_gradients(self) -> None:
         """``g <- rate * g`` on every masked layer's weight and bias (Eq. 2 for ``hat``)."""
-        measures = self.backbone.parameter_measures(previous_cumulative_mask, aggregation="min")
         layers = self.backbone.masked_layers
-        for name, (weight_mask, bias_mask) in measures.items():
+        for name, (weight_rate, bias_rate) in self._adjustment.items():
             layer = layers[name]
+            if self.adjustment_mode == "hat_random":  # cached values are the measures: draw now
+                weight_rate = adjustment_rate(weight_rate, "hat_random")
+                bias_rate = None if bias_rate is None else adjustment_rate(bias_rate, "hat_random")
             if layer.weight.grad is not None:
-                layer.weight.grad.mul_(
-                    adjustment_rate(weight_mask, self.adjustment_mode, self.adjustment_alpha)
-                )
-            if bias_mask is not None and layer.bias.grad is not None:
-                layer.bias.grad.mul_(adjustment_rate(bias_mask, self.adjustment_mode, self.adjustment_alpha))
+                layer.weight.grad.mul_(weight_rate)
+            if bias_rate is not None and layer.bias.grad is not None:
+                layer.bias.grad.mul_(bias_rate)
 
     @torch.no_grad()
     def compensate_embedding_gradients(self, task_id: int, s: float) -> None:

@@ -20,15 +20,26 @@ class HATMaskPlots(CLCallback):
     - ``capacity.png``: network capacity (AdaHAT, Wang et al. 2024, Sec. 4.1) after each task.
 
     Everything is read from the backbone's stored masks, so the plots are also right after a
-    resumed run. One figure per task: cheap next to training. Does nothing for algorithms without
-    a HAT mask backbone.
+    resumed run. By default only the last task's figure is drawn, at the end of the sequence: it
+    already shows every task's mask, and matplotlib costs about a second per figure, which a
+    short task would feel; ``every_task=true`` draws one figure per task as it ends. Does
+    nothing for algorithms without a HAT mask backbone.
     """
 
-    def __init__(self, output_subdir: str = "plots/hat_masks", dpi: int = 100) -> None:
+    def __init__(self, output_subdir: str = "plots/hat_masks", dpi: int = 100, every_task: bool = False) -> None:
         self.output_subdir = output_subdir
         self.dpi = dpi
+        self.every_task = every_task
 
     def on_task_end(self, trainer, algorithm, task_id: int, results=None) -> None:
+        if self.every_task:
+            self._draw_if_hat(trainer, algorithm, task_id)
+
+    def on_sequence_end(self, trainer, algorithm, results=None) -> None:
+        if not self.every_task and results is not None and results.tasks_done > 0:
+            self._draw_if_hat(trainer, algorithm, results.tasks_done - 1)
+
+    def _draw_if_hat(self, trainer, algorithm, task_id: int) -> None:
         if trainer is not None and not trainer.is_global_zero:
             return
         if not isinstance(getattr(algorithm, "backbone", None), HATMaskBackbone):
