@@ -77,3 +77,15 @@ def test_task_accuracy_metric_per_task():
     assert accuracy[0].item() == pytest.approx(0.8)
     assert math.isnan(accuracy[1].item())
     assert accuracy[2].item() == pytest.approx(0.5)
+
+
+def test_summary_with_zero_shot_evaluation_is_valid_json():
+    import json
+
+    results = ContinualResults(num_tasks=2)
+    results.record_row(0, torch.tensor([0.9, NAN]))
+    results.record_row(1, torch.tensor([0.7, 0.8]))
+    results.acc_before_training[1], results.acc_untrained[1] = 0.3, 0.1
+    summary = json.loads(json.dumps(results.summary(), allow_nan=False))
+    assert summary["fwt"] == pytest.approx(0.2)
+    assert summary["accuracy_before_training"] == [None, pytest.approx(0.3)]

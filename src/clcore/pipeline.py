@@ -74,6 +74,8 @@ def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int)
         metrics["bwt"] = summary["bwt"]
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=task_id + 1)
+        # the Trainer that would save these has finished: write them now (the CSV file, TensorBoard's buffer)
+        logger.save()
 
 
 def _call(callbacks: list, hook: str, *args) -> None:
@@ -111,12 +113,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = None
-    for task_id in range(results.tasks_done, benchmark.num_tasks):
-        started = time.perf_counter()
-        benchmark.setup_task(task_id)
-        algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
-        trainer = instantiate(
+
+    def new_trainer() -> Trainer:
+        return instantiate(
             cfg.trainer,
             callbacks=callbacks,
             logger=loggers or False,
@@ -124,6 +123,13 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             # without a validation split there is nothing to validate (and no empty-loader warning)
             **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
         )
+
+    trainer = None
+    for task_id in range(results.tasks_done, benchmark.num_tasks):
+        started = time.perf_counter()
+        benchmark.setup_task(task_id)
+        algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
+        trainer = new_trainer()
         if untrained is not None and task_id > 0:
             _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
         trainer.fit(algorithm, datamodule=benchmark)
@@ -140,6 +146,8 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         if trainer.is_global_zero and cfg.save_checkpoints:
             resume.save_checkpoint(output_dir, task_id, algorithm, results, config_digest, untrained, callbacks)
         log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
+    if trainer is None:  # resumed after the last task: nothing to train, the end-of-run callbacks still run
+        trainer = new_trainer()
     _call(callbacks, "on_sequence_end", trainer, algorithm, results)
     return results
 

@@ -185,8 +185,15 @@ class CLAlgorithm(LightningModule):
         logits = self.eval_logits(x, task_id)
         targets = self.heads.targets(labels, task_id)
         batch_size = labels.shape[0]
-        self.log("val/loss", self.loss(logits, targets), batch_size=batch_size, sync_dist=True)
-        self.log("val/acc", (logits.argmax(-1) == targets).float().mean(), batch_size=batch_size, sync_dist=True, prog_bar=True)
+        loss = self.loss(logits, targets)
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        # Loggers get one curve per task (``task_3/val/loss``), like the training loss. The plain
+        # ``val/loss`` / ``val/acc`` stay out of the loggers but in ``callback_metrics``, under one
+        # name for every task, for ``lr_scheduler_monitor``, early stopping and the progress bar.
+        self.log(f"task_{task_id + 1}/val/loss", loss, batch_size=batch_size, sync_dist=True)
+        self.log(f"task_{task_id + 1}/val/acc", accuracy, batch_size=batch_size, sync_dist=True)
+        self.log("val/loss", loss, batch_size=batch_size, sync_dist=True, logger=False)
+        self.log("val/acc", accuracy, batch_size=batch_size, sync_dist=True, prog_bar=True, logger=False)
 
     def on_test_epoch_start(self) -> None:
         self.test_accuracy.reset()

@@ -70,8 +70,9 @@ class ContinualResults:
         }
         if k > 1 and not torch.isnan(self.acc_before_training[1:k]).any():
             out["fwt"] = forward_transfer(R, self.acc_before_training[:k], self.acc_untrained[:k])
-            out["accuracy_before_training"] = self.acc_before_training[:k].tolist()
-            out["accuracy_untrained"] = self.acc_untrained[:k].tolist()
+            # task 1 has no "before training" evaluation (nothing precedes it): null in JSON
+            out["accuracy_before_training"] = _nan_to_none(self.acc_before_training[:k].tolist())
+            out["accuracy_untrained"] = _nan_to_none(self.acc_untrained[:k].tolist())
         for name, values in self.extra.items():
             out[name] = values[:k]
         return out
@@ -99,6 +100,10 @@ class ContinualResults:
     @classmethod
     def from_state_dict(cls, state: dict) -> ContinualResults:
         return cls(**state)
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values]
 
 
 def _finite_or_none(value: float) -> float | None:
