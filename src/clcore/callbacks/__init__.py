@@ -3,6 +3,7 @@
 from clcore.callbacks.attributions import Attributions
 from clcore.callbacks.base import CLCallback
 from clcore.callbacks.hat_masks import HATMaskPlots
+from clcore.callbacks.hyperparameters import LogHyperparameters
 from clcore.callbacks.learning_curves import LearningCurves
 from clcore.callbacks.progress import TaskProgressBar, task_progress_bar
 from clcore.callbacks.result_plots import ResultPlots
@@ -13,6 +14,7 @@ __all__ = [
     "CLCallback",
     "HATMaskPlots",
     "LearningCurves",
+    "LogHyperparameters",
     "ResultPlots",
     "RichSummary",
     "TaskProgressBar",

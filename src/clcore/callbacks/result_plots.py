@@ -72,6 +72,9 @@ class ResultPlots(CLCallback):
         right.set_xlabel("after training task")
         right.set_ylabel("BWT (points)")
         right.grid(alpha=0.3)
+        for ax in (left, right):  # tasks are whole numbers, and both panels span the same tasks
+            ax.set_xticks([t + 1 for t in ticks])
+            ax.set_xlim(0.5, k + 0.5)
         fig.tight_layout()
         curve_path = folder / "average_accuracy.png"
         fig.savefig(curve_path, dpi=120)

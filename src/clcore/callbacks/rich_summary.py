@@ -10,7 +10,9 @@ from clcore.metrics.results import ContinualResults
 
 
 class RichSummary(CLCallback):
-    """Prints the accuracy matrix (%) and the headline metrics with ``rich`` after the last task."""
+    """Prints, with ``rich``, after the last task: the accuracy matrix (%) with the average
+    accuracy after each task in the last column, the headline metrics, and where the run's
+    files are (results, plots, logs, and the ``wandb sync`` command for an offline wandb run)."""
 
     def on_sequence_end(self, trainer, algorithm, results: ContinualResults) -> None:
         if not trainer.is_global_zero:
@@ -19,14 +21,17 @@ class RichSummary(CLCallback):
         from rich.table import Table
 
         k = results.tasks_done
-        table = Table(title="accuracy R[i, j] (%): row = after training task i, column = task j")
+        summary = results.summary()
+        # "\[" keeps rich from reading "[i, j]" as markup
+        table = Table(title="accuracy R\\[i, j] (%): row i = after training task i, column j = task j")
         table.add_column("after", justify="right")
         for j in range(k):
             table.add_column(f"task {j + 1}", justify="right")
+        table.add_column("avg", justify="right", style="bold")
         for i in range(k):
             row = results.acc_matrix[i].tolist()
-            table.add_row(str(i + 1), *["" if j > i or math.isnan(row[j]) else f"{100 * row[j]:.1f}" for j in range(k)])
-        summary = results.summary()
+            cells = ["" if j > i or math.isnan(row[j]) else f"{100 * row[j]:.1f}" for j in range(k)]
+            table.add_row(str(i + 1), *cells, f"{100 * summary['average_accuracy_per_task'][i]:.1f}")
         console = Console()
         console.print(table)
         line = f"average accuracy {100 * summary['average_accuracy']:.2f}%"
@@ -37,4 +42,24 @@ class RichSummary(CLCallback):
         if summary.get("capacity"):
             line += f"  |  capacity {100 * summary['capacity'][-1]:.1f}%"
         console.print(line)
-        console.print(f"results in {Path(trainer.default_root_dir).resolve()}")
+        for text in self.file_lines(Path(trainer.default_root_dir).resolve()):
+            console.print(text, highlight=False, soft_wrap=True)
+
+    @staticmethod
+    def file_lines(output: Path) -> list[str]:
+        """Where to look next: the run folder and what it holds, as far as it exists."""
+        lines = [f"results in {output}"]
+        found = [
+            ("results/acc_matrix.csv", "accuracy matrix: {}"),
+            ("results/summary.json", "summary: {}"),
+            ("plots", "plots: {}"),
+            ("attributions", "attribution maps: {}"),
+            ("logs/metrics.csv", "metrics (CSV): {}"),
+            ("logs/tensorboard", "TensorBoard: tensorboard --logdir {}"),
+        ]
+        for relative, line in found:
+            if (output / relative).exists():
+                lines.append("  " + line.format(output / relative))
+        for run in sorted((output / "wandb").glob("offline-run-*")):
+            lines.append(f"  wandb (offline), upload with: wandb sync {run}")
+        return lines

@@ -1,0 +1,165 @@
+"""Per-task learning curves: training loss per step and validation metrics per epoch, as CSV and PNG."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from torch import Tensor
+
+from clcore.callbacks.base import CLCallback
+
+
+class LearningCurves(CLCallback):
+    """Collects what the algorithm logs under ``task_<t>/train/*`` and ``task_<t>/val/*`` and
+    writes ``results/learning_curves.csv`` after every task and ``plots/learning_curves.png``.
+
+    The training loss is the step's own loss (``outputs`` of ``training_step``, for automatic
+    and manual optimisation alike); other training scalars (e.g. HAT's
+    ``train/mask_sparsity_reg``) and the validation metrics are read from
+    ``trainer.callback_metrics``. Sampling happens on the steps the algorithm logs on
+    (``trainer.log_every_n_steps``, plus each epoch's first batch), so the values are fresh, the
+    steps are those in the loggers' files, and reading them costs one host synchronisation per
+    logged step, not per step. ``every_n_steps`` samples on other steps instead (then only the
+    training loss is sure to be the step's own).
+
+    The x axis is the training step counted over the whole sequence, so the tasks' curves sit
+    side by side. Curves live in memory: after a resumed run the plot starts at the resumed task.
+    """
+
+    def __init__(
+        self, every_n_steps: int | None = None, output_subdir: str = "plots", every_task: bool = False
+    ) -> None:
+        self.every_n_steps = every_n_steps
+        self.output_subdir = output_subdir
+        self.every_task = every_task
+        self.rows: list[dict] = []  # {"task", "step", "sequence_step", "metric", "value"}
+        self._steps_before_task = 0  # training batches of the earlier tasks
+        self._batches_in_task = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._batches_in_task = 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._steps_before_task += self._batches_in_task
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # step = 0-based training batch of this task, the step Lightning's loggers write
+        step = self._batches_in_task
+        self._batches_in_task += 1
+        every = self.every_n_steps or trainer.log_every_n_steps
+        if not trainer.is_global_zero or not ((step + 1) % every == 0 or batch_idx == 0):
+            return
+        task = pl_module.task_id + 1
+        prefix = f"task_{task}/train/"
+        values = {
+            "train/" + key[len(prefix) :]: value
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith(prefix)
+        }
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, Tensor):
+            values["train/loss"] = loss
+        for metric, value in values.items():
+            self._record(task, step, metric, value)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # after Lightning reduced the epoch's values into callback_metrics (not yet in on_validation_epoch_end)
+        if trainer.sanity_checking or not trainer.is_global_zero or self._batches_in_task == 0:
+            return
+        task = pl_module.task_id + 1
+        prefix = f"task_{task}/val/"
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith(prefix):
+                self._record(task, self._batches_in_task - 1, "val/" + key[len(prefix) :], value)
+
+    def _record(self, task: int, step: int, metric: str, value) -> None:
+        value = float(value)
+        self.rows.append(
+            {
+                "task": task,
+                "step": step,
+                "sequence_step": self._steps_before_task + step,
+                "metric": metric,
+                "value": value,
+            }
+        )
+
+    def on_task_end(self, trainer, algorithm, task_id: int, results) -> None:
+        if not trainer.is_global_zero:
+            return
+        from clcore.utils.atomic import write_text_atomic
+
+        write_text_atomic(Path(trainer.default_root_dir) / "results" / "learning_curves.csv", self.csv())
+        if self.every_task:
+            self.draw(Path(trainer.default_root_dir) / self.output_subdir)
+
+    def on_sequence_end(self, trainer, algorithm, results) -> None:
+        if trainer.is_global_zero and self.rows:
+            self.draw(Path(trainer.default_root_dir) / self.output_subdir)
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(
+            buffer, ["task", "step", "sequence_step", "metric", "value"], lineterminator="\n"
+        )
+        writer.writeheader()
+        writer.writerows(self.rows)
+        return buffer.getvalue()
+
+    def draw(self, folder: Path) -> Path:
+        """One panel per metric (training loss first), one colour per task, task boundaries dotted."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        folder.mkdir(parents=True, exist_ok=True)
+        metrics = sorted(
+            {row["metric"] for row in self.rows},
+            key=lambda m: (m != "train/loss", not m.startswith("train/"), m),
+        )
+        tasks = sorted({row["task"] for row in self.rows})
+        colours = plt.get_cmap("tab10")
+        columns = min(len(metrics), 2)
+        rows = math.ceil(len(metrics) / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(6.0 * columns, 3.0 * rows), squeeze=False)
+        starts = {
+            task: min(r["sequence_step"] - r["step"] for r in self.rows if r["task"] == task)
+            for task in tasks
+        }
+        for ax, metric in zip(axes.flat, metrics):
+            for task in tasks:
+                points = [
+                    (r["sequence_step"], r["value"])
+                    for r in self.rows
+                    if r["task"] == task and r["metric"] == metric
+                ]
+                if points:
+                    xs, ys = zip(*points)
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="o" if metric.startswith("val/") else None,
+                        ms=3,
+                        lw=1.2,
+                        color=colours((task - 1) % 10),
+                        label=f"task {task}",
+                    )
+            for task in tasks[1:]:
+                ax.axvline(starts[task], color="gray", lw=0.7, ls=":")
+            ax.set_title(metric)
+            ax.set_xlabel("training step (whole sequence)")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(metrics) :]:
+            ax.axis("off")
+        axes.flat[0].legend(fontsize=7, ncol=max(1, len(tasks) // 5))
+        fig.suptitle("learning curves per task (dotted: a new task starts)", fontsize=10)
+        fig.tight_layout()
+        path = folder / "learning_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return path
