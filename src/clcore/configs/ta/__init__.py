@@ -1,0 +1,1 @@
+"""Hydra configs of ``clta``, the task-arithmetic protocol (primary config: task_arithmetic.yaml)."""
