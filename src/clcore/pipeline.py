@@ -114,15 +114,16 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
 
     loggers = instantiate_group(cfg.get("logger"))
 
-    def new_trainer() -> Trainer:
-        return instantiate(
-            cfg.trainer,
-            callbacks=callbacks,
-            logger=loggers or False,
-            default_root_dir=str(output_dir),
-            # without a validation split there is nothing to validate (and no empty-loader warning)
-            **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
-        )
+    # The config is resolved into a Trainer factory once; each task then only constructs a Trainer.
+    new_trainer = instantiate(
+        cfg.trainer,
+        _partial_=True,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+        # without a validation split there is nothing to validate (and no empty-loader warning)
+        **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
+    )
 
     trainer = None
     for task_id in range(results.tasks_done, benchmark.num_tasks):
