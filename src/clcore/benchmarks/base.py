@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
 
+from clcore.benchmarks.model_input import ModelInput
 from clcore.benchmarks.sources import ImageData, load_source
 from clcore.benchmarks.tensor_loader import TensorBatchLoader
 
@@ -43,6 +45,9 @@ class CLBenchmark(LightningDataModule):
         download: let torchvision download missing files (needs internet).
         data_device: keep the whole data set on this device (e.g. ``cuda``): batches are then
             sliced where they are used and never copied from the host.
+        model_input: ``{size, channels, mean, std}`` for a backbone with its own input convention
+            (e.g. CLIP: 224 px, RGB, CLIP statistics), applied per batch after the task's
+            transform (``ModelInput``); ``image_shape`` then reports the shape the model receives.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class CLBenchmark(LightningDataModule):
         seed: int = 0,
         download: bool = False,
         data_device: str | None = None,
+        model_input: Mapping | None = None,
     ) -> None:
         super().__init__()
         if num_tasks < 1:
@@ -69,6 +75,7 @@ class CLBenchmark(LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.seed = val_fraction, seed
         self.data_device = data_device
+        self.model_input = ModelInput.from_config(model_input)
         self.current_task = 0
         self.test_tasks: list[int] | None = None
         self.data: ImageData | None = None
@@ -91,6 +98,13 @@ class CLBenchmark(LightningDataModule):
     # ---- data --------------------------------------------------------------------------
     def num_classes_of(self, task_id: int) -> int:
         return len(self.classes_of(task_id))
+
+    def class_names_of(self, task_id: int) -> list[str]:
+        """Names of task ``task_id``'s classes in local-label order (for zero-shot text heads)."""
+        names = self.load().class_names
+        if not names:
+            raise ValueError(f"data set {self.data.name!r} has no class names")
+        return [names[c] for c in self.classes_of(task_id)]
 
     def prepare_data(self) -> None:
         self.load()
@@ -184,13 +198,20 @@ class CLBenchmark(LightningDataModule):
         """uint8 ``[B, C, H, W]`` -> normalised float, then the task's transform; on ``images.device``."""
         return self.task_transform(self.normalise(images), task_id)
 
+    def prepare_batch(self, images: Tensor, task_id: int) -> Tensor:
+        """uint8 ``[B, C, H, W]`` -> exactly what the model receives: ``transform_batch``, then ``model_input``."""
+        x = self.transform_batch(images, task_id)
+        return x if self.model_input is None else self.model_input(x, self._mean, self._std)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels, task_id = batch
-        return self.transform_batch(images, task_id), labels, task_id
+        return self.prepare_batch(images, task_id), labels, task_id
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.load().image_shape
+        """``(C, H, W)`` of the batches the model receives (after ``model_input``)."""
+        data_shape = self.load().image_shape
+        return data_shape if self.model_input is None else self.model_input.shape(data_shape)
 
     @property
     def input_dim(self) -> int:

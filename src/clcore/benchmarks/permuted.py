@@ -33,7 +33,7 @@ class PermutedBenchmark(CLBenchmark):
     def permutations(self) -> Tensor:
         """``[num_tasks, H*W]`` pixel permutations, one row per task."""
         if self._permutations is None:
-            _, height, width = self.image_shape
+            _, height, width = self.load().image_shape  # the data's pixels, whatever the model input
             generator = torch.Generator().manual_seed(self.seed)
             rows = [torch.randperm(height * width, generator=generator) for _ in range(self.num_tasks)]
             if not self.permute_first_task:

@@ -21,7 +21,10 @@ from clcore.benchmarks.errors import DataNotFoundError
 
 @dataclass
 class ImageData:
-    """A base data set: uint8 images, int64 labels, and the per-channel normalisation."""
+    """A base data set: uint8 images, int64 labels, the per-channel normalisation, class names.
+
+    ``class_names[c]`` names class id ``c`` in words a text encoder can read (zero-shot heads).
+    """
 
     name: str
     train_images: Tensor
@@ -31,11 +34,15 @@ class ImageData:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
 
+
+# The digit classes by their numerals, as the task-arithmetic prompts use them ('a photo of the number: "3".').
+DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 
 MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -79,6 +86,7 @@ def load_mnist(root: str | Path, download: bool = False) -> ImageData:
         num_classes=10,
         mean=(0.1307,),
         std=(0.3081,),
+        class_names=DIGIT_NAMES,
     )
 
 
@@ -112,7 +120,8 @@ def load_cifar(name: str, root: str | Path, download: bool = False) -> ImageData
 
     train_images, train_labels = to_tensor(train)
     test_images, test_labels = to_tensor(test)
-    return ImageData(name, train_images, train_labels, test_images, test_labels, num_classes, mean, std)
+    class_names = tuple(name.replace("_", " ") for name in train.classes)  # "aquarium_fish" -> "aquarium fish"
+    return ImageData(name, train_images, train_labels, test_images, test_labels, num_classes, mean, std, class_names)
 
 
 def load_digits(test_fraction: float = 0.2) -> ImageData:
@@ -140,6 +149,7 @@ def load_digits(test_fraction: float = 0.2) -> ImageData:
         num_classes=10,
         mean=(float(pixels.mean()),),
         std=(float(pixels.std()),),
+        class_names=DIGIT_NAMES,
     )
 
 

@@ -401,7 +401,9 @@ def _gram_batch(
         per_example = vmap(grads_of_one, in_dims=(0, vectors_dim))(inputs, vectors)  # name -> [B, S, *shape]
     sums = {}
     for group, names in groups.items():
-        flat = torch.cat([per_example[name].flatten(2) for name in names], dim=2).to(dtype)
+        # detach: the hooked linear weights require grad during the computation, so without it each
+        # Gram matrix would keep its batch's autograd graph alive (memory) and carry it into the penalty
+        flat = torch.cat([per_example[name].detach().flatten(2) for name in names], dim=2).to(dtype)
         sums[group] = torch.einsum("bsp,bsq->pq", flat, flat)
     return sums
 
