@@ -18,8 +18,8 @@ test-fast:  ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest tests -m "not slow"
 
 lint:
-	$(BIN)/ruff check src tests experiments
-	$(BIN)/ruff format --check src tests experiments
+	$(BIN)/ruff check src tests experiments scripts
+	$(BIN)/ruff format --check src tests experiments scripts
 
 format:
 	$(BIN)/ruff check --fix src tests experiments

@@ -36,20 +36,30 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def find(src: Path, stem: str) -> Path:
-    for candidate in (src / stem, src / f"{stem}.gz", src / "MNIST" / "raw" / stem, src / "MNIST" / "raw" / f"{stem}.gz"):
+    for candidate in (
+        src / stem,
+        src / f"{stem}.gz",
+        src / "MNIST" / "raw" / stem,
+        src / "MNIST" / "raw" / f"{stem}.gz",
+    ):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{stem}(.gz) not found in {src} or {src}/MNIST/raw")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--src", type=Path, required=True, help="folder with t10k-*-ubyte(.gz)")
     parser.add_argument("--dst", type=Path, required=True, help="output root (gets MNIST/raw/)")
     parser.add_argument("--train", type=int, default=8000, help="how many test images become training images")
     args = parser.parse_args()
 
-    images, labels = read_idx(find(args.src, "t10k-images-idx3-ubyte")), read_idx(find(args.src, "t10k-labels-idx1-ubyte"))
+    images, labels = (
+        read_idx(find(args.src, "t10k-images-idx3-ubyte")),
+        read_idx(find(args.src, "t10k-labels-idx1-ubyte")),
+    )
     if not 0 < args.train < len(labels):
         raise SystemExit(f"--train must be in 1..{len(labels) - 1}")
     raw = args.dst / "MNIST" / "raw"

@@ -9,7 +9,9 @@ class BackboneSnapshots(CLCallback):
     taken: list[dict] = []
 
     def on_task_end(self, trainer, algorithm, task_id, results):
-        BackboneSnapshots.taken.append({k: v.detach().clone() for k, v in algorithm.backbone.state_dict().items()})
+        BackboneSnapshots.taken.append(
+            {k: v.detach().clone() for k, v in algorithm.backbone.state_dict().items()}
+        )
 
 
 # ---- reliability tests: crashes, stalls, divergence, algorithm/backbone pairings -------------------
@@ -135,3 +137,16 @@ class ForgettingLog(CLCallback):
 
 
 # --8<-- [end:forgetting_log]
+
+
+class Batches:
+    """An iterable of ready batches with a length (Lightning accepts any such iterable)."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)

@@ -98,7 +98,9 @@ def test_loader_shards_are_disjoint_and_cover_the_data():
     images, labels = torch.arange(10).view(10, 1, 1, 1), torch.arange(10)
     seen = []
     for rank in range(2):
-        loader = TensorBatchLoader(images, labels, 0, batch_size=3, shuffle=True, seed=5, rank=rank, world_size=2)
+        loader = TensorBatchLoader(
+            images, labels, 0, batch_size=3, shuffle=True, seed=5, rank=rank, world_size=2
+        )
         assert len(loader) == 2
         seen += [int(v) for _, y, _ in loader for v in y]
     assert sorted(seen) == list(range(10))
@@ -127,13 +129,18 @@ def test_missing_cifar_names_the_folder(tmp_path):
         benchmark.load()
 
 
-@pytest.mark.skipif(not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="shared MNIST files not present")
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="shared MNIST files not present"
+)
 def test_real_mnist_files_load_in_torchvision_layout(tmp_path):
     import subprocess
     import sys
 
     script = Path(__file__).parents[1] / "scripts" / "mnist_from_test_set.py"
-    subprocess.run([sys.executable, str(script), "--src", str(SHARED_MNIST), "--dst", str(tmp_path), "--train", "9000"], check=True)
+    subprocess.run(
+        [sys.executable, str(script), "--src", str(SHARED_MNIST), "--dst", str(tmp_path), "--train", "9000"],
+        check=True,
+    )
     data = load_mnist(tmp_path)
     assert data.train_images.shape == (9000, 1, 28, 28) and data.test_images.shape == (1000, 1, 28, 28)
     assert data.train_images.dtype == torch.uint8

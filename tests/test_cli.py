@@ -16,7 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_help_lists_the_config_groups():
     out = subprocess.run([CLRUN, "--help"], capture_output=True, text=True, check=True).stdout
-    for group in ("algorithm:", "benchmark:", "backbone:", "paradigm:", "experiment:", "optimizer:", "trainer:"):
+    for group in (
+        "algorithm:",
+        "benchmark:",
+        "backbone:",
+        "paradigm:",
+        "experiment:",
+        "optimizer:",
+        "trainer:",
+    ):
         assert group in out, group
     assert "hat_pmnist" in out or "finetuning_pmnist" in out
 
@@ -38,7 +46,17 @@ def test_clrun_runs_from_any_directory(tmp_path):
 def test_wheel_ships_the_configs(tmp_path):
     """A non-editable install finds its configs: they are package data inside the wheel."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
     )
@@ -48,13 +66,22 @@ def test_wheel_ships_the_configs(tmp_path):
     assert "clcore/configs/experiment/finetuning_pmnist.yaml" in names
     # installed into a bare folder (no editable link to this checkout) it composes its configs
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+    )
     code = (
         "import clcore, hydra; from hydra import compose, initialize_config_module;"
-        "assert clcore.__file__.startswith(%r), clcore.__file__;"
+        f"assert clcore.__file__.startswith({str(target)!r}), clcore.__file__;"
         "initialize_config_module('clcore.configs', version_base='1.3').__enter__();"
         "print(compose('config', overrides=['experiment=finetuning_split_mnist']).paradigm._target_)"
-    ) % str(target)
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True, text=True)
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(target)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clcore.heads.HeadsCIL"

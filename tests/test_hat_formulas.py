@@ -25,19 +25,7 @@ from clcore.backbones.hat_resnet import HATMaskResNet18
 from clcore.backbones.mlp import MLP
 from clcore.heads.cil import HeadsCIL
 from clcore.heads.til import HeadsTIL
-
-
-class Batches:
-    """An iterable of ready batches with a length (Lightning accepts any such iterable)."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
+from tests.helpers import Batches
 
 
 def make_hat(backbone, **kwargs) -> HAT:

@@ -18,21 +18,9 @@ from clcore.backbones.hat_mlp import HATMaskMLP
 from clcore.backbones.hat_resnet import HATMaskResNet18
 from clcore.callbacks.hat_masks import HATMaskPlots
 from clcore.heads.til import HeadsTIL
+from tests.helpers import Batches
 
 NUM_TASKS = 3
-
-
-class Batches:
-    """An iterable of ready batches with a length (Lightning accepts any such iterable)."""
-
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
 
 
 def task_data(task_id: int, input_shape: tuple[int, ...], num_batches: int = 4, batch_size: int = 8):

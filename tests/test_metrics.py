@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from clcore.metrics import ContinualResults, TaskAccuracy, average_accuracy, backward_transfer, forgetting, forward_transfer
+from clcore.metrics import (
+    ContinualResults,
+    TaskAccuracy,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+)
 
 NAN = float("nan")
 # R[i, j]: accuracy on task j after training task i (0-based here).

@@ -81,7 +81,12 @@ def test_real_experiment_configs_run(make_config, overrides, paradigm):
 
 
 def test_cil_run_predicts_over_all_seen_classes(make_config):
-    cfg = make_config("experiment=finetuning_split_mnist", "benchmark.source=digits", "benchmark.num_tasks=3", "trainer.max_epochs=3")
+    cfg = make_config(
+        "experiment=finetuning_split_mnist",
+        "benchmark.source=digits",
+        "benchmark.num_tasks=3",
+        "trainer.max_epochs=3",
+    )
     results = run_sequence(cfg)
     # Finetuning in CIL: the newest task's classes dominate; old tasks collapse (well-known result)
     assert results.acc_matrix[2, 2] > 0.8

@@ -48,7 +48,13 @@ def task_data(root: str | None, source: str, num_tasks: int, seed: int) -> plain
     benchmark.load()
     train, test = benchmark.task_split("train", 0), benchmark.task_split("test", 0)
     return plain_loops.TaskData(
-        train.images, train.labels, test.images, test.labels, benchmark._mean, benchmark._std, benchmark.permutations
+        train.images,
+        train.labels,
+        test.images,
+        test.labels,
+        benchmark._mean,
+        benchmark._std,
+        benchmark.permutations,
     )
 
 
@@ -94,7 +100,11 @@ def compare(algorithm: str, args, num_tasks: int, output_dir: Path) -> dict:
     data = task_data(args.root, args.source, num_tasks, args.seed)
     plain_runs, clrun_runs = [], []
     for _ in range(args.repeats):  # interleaved, so load on the machine hits both paths alike
-        plain_runs.append(PLAIN[algorithm](data, num_tasks, args.seed, args.epochs, args.batch_size, args.eval_batch_size, lr=1e-3))
+        plain_runs.append(
+            PLAIN[algorithm](
+                data, num_tasks, args.seed, args.epochs, args.batch_size, args.eval_batch_size, lr=1e-3
+            )
+        )
         clrun_runs.append(run_clrun(algorithm, args, num_tasks, output_dir / f"{algorithm}_{num_tasks}"))
     (plain_matrix, plain_time), (clrun_matrix, clrun_time) = fastest(plain_runs), fastest(clrun_runs)
     samples = num_tasks * args.epochs * len(data.train_y)
@@ -102,12 +112,16 @@ def compare(algorithm: str, args, num_tasks: int, output_dir: Path) -> dict:
     for name, timing in (("plain", plain_time), ("clrun", clrun_time)):
         row[name] = {**{k: round(v, 3) for k, v in timing.items()}, "total": round(sum(timing.values()), 3)}
         row[name]["train_samples_per_s"] = round(samples / timing["train"], 1)
-        row[name]["final_average_accuracy"] = sum(m for m in (plain_matrix if name == "plain" else clrun_matrix)[-1]) / num_tasks
+        row[name]["final_average_accuracy"] = (
+            sum(m for m in (plain_matrix if name == "plain" else clrun_matrix)[-1]) / num_tasks
+        )
     row["ratio_total"] = round(row["clrun"]["total"] / row["plain"]["total"], 3)
     row["ratio_train"] = round(clrun_time["train"] / plain_time["train"], 3)
     row["test_share_clrun"] = round(clrun_time["test"] / row["clrun"]["total"], 3)
     row["max_accuracy_difference"] = max(
-        abs(a - b) for plain_row, clrun_row in zip(plain_matrix, clrun_matrix) for a, b in zip(plain_row, clrun_row)
+        abs(a - b)
+        for plain_row, clrun_row in zip(plain_matrix, clrun_matrix)
+        for a, b in zip(plain_row, clrun_row)
     )
     return row
 
@@ -149,8 +163,12 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="data/mnist-from-test", help="folder holding MNIST/raw/ (None with --source digits)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default="data/mnist-from-test", help="folder holding MNIST/raw/ (None with --source digits)"
+    )
     parser.add_argument("--source", default="mnist")
     parser.add_argument("--input-dim", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
@@ -161,7 +179,9 @@ def main() -> None:
     parser.add_argument("--growth", default="5,10,20", help="task counts for the growth table ('' to skip)")
     parser.add_argument("--algorithms", default=",".join(PLAIN))
     parser.add_argument("--repeats", type=int, default=2, help="runs per path; the fastest counts")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared machine)"
+    )
     parser.add_argument("--output", default="outputs/bench")
     args = parser.parse_args()
     if args.source == "digits":
@@ -174,7 +194,9 @@ def main() -> None:
     output.mkdir(parents=True, exist_ok=True)
 
     algorithms = args.algorithms.split(",")
-    print(f"# clrun vs plain PyTorch: {args.tasks}-task Permuted {args.source}, 1 epoch/task, batch {args.batch_size}")
+    print(
+        f"# clrun vs plain PyTorch: {args.tasks}-task Permuted {args.source}, 1 epoch/task, batch {args.batch_size}"
+    )
     rows = [compare(a, args, args.tasks, output) for a in algorithms]
     print_table(rows)
     growth = []
@@ -186,7 +208,11 @@ def main() -> None:
     print(f"\nclrun start-up (launch -> first training batch): {startup:.2f} s")
     report = {
         "settings": vars(args),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+        },
         "comparison": rows,
         "growth": growth,
         "startup_seconds": round(startup, 3),
@@ -195,7 +221,9 @@ def main() -> None:
     print(f"written {output / 'results.json'}")
     failures = [r for r in rows + growth if r["max_accuracy_difference"] > 1e-6]
     if failures:
-        raise SystemExit(f"plain loop and clrun disagree on accuracy: {[(r['algorithm'], r['tasks'], r['max_accuracy_difference']) for r in failures]}")
+        raise SystemExit(
+            f"plain loop and clrun disagree on accuracy: {[(r['algorithm'], r['tasks'], r['max_accuracy_difference']) for r in failures]}"
+        )
 
 
 if __name__ == "__main__":

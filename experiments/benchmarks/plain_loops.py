@@ -52,7 +52,9 @@ def shuffled_batches(num_samples: int, batch_size: int, generator: torch.Generat
     return torch.randperm(num_samples, generator=generator).split(batch_size)
 
 
-def finetuning(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int, eval_batch_size: int, lr: float):
+def finetuning(
+    data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int, eval_batch_size: int, lr: float
+):
     """Finetuning, TIL: backbone + one linear head per task, a fresh Adam per task."""
     timer = {"setup": 0.0, "train": 0.0, "test": 0.0}
     started = time.perf_counter()
@@ -84,8 +86,17 @@ def finetuning(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_siz
     return matrix, timer
 
 
-def hat(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int, eval_batch_size: int, lr: float,
-        s_max: float = 400.0, reg_factor: float = 0.75):
+def hat(
+    data: TaskData,
+    num_tasks: int,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    lr: float,
+    s_max: float = 400.0,
+    reg_factor: float = 0.75,
+):
     """HAT (Serra et al. 2018), TIL, written as one loop: the same mask MLP module and the same
     formula functions as clcore's ``HAT``, but none of Lightning, Hydra or the pipeline around them.
 
@@ -93,7 +104,12 @@ def hat(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int,
     the previous tasks' cumulative mask, embedding-gradient compensation (Sec. 2.5), Adam step,
     clamp the embeddings to +-6. After each task: store the binary mask, test with binary masks.
     """
-    from clcore.algorithms.hat import adjustment_rate, annealed_s, embedding_gradient_compensation, mask_sparsity_regulariser
+    from clcore.algorithms.hat import (
+        adjustment_rate,
+        annealed_s,
+        embedding_gradient_compensation,
+        mask_sparsity_regulariser,
+    )
     from clcore.backbones import HATMaskMLP
 
     timer = {"setup": 0.0, "train": 0.0, "test": 0.0}
@@ -108,7 +124,9 @@ def hat(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int,
         heads.append(nn.Linear(64, 10))
         backbone.setup_task(task_id)
         backbone.initialise_task_embedding(task_id, "N01")
-        optimizer = torch.optim.Adam(backbone.parameters_for_task(task_id) + list(heads[task_id].parameters()), lr=lr)
+        optimizer = torch.optim.Adam(
+            backbone.parameters_for_task(task_id) + list(heads[task_id].parameters()), lr=lr
+        )
         generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
         previous = backbone.previous_cumulative_mask(task_id)
         # Eq. 2 multipliers depend only on the previous tasks' masks: fixed for the whole task
@@ -127,7 +145,9 @@ def hat(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int,
                 x = data.transform(data.train_x[index], task_id)
                 masks = backbone.mask(task_id, "train", s)
                 logits = heads[task_id](backbone.masked_forward(x, masks, task_id))
-                loss = F.cross_entropy(logits, data.train_y[index]) + reg_factor * mask_sparsity_regulariser(masks, previous)
+                loss = F.cross_entropy(logits, data.train_y[index]) + reg_factor * mask_sparsity_regulariser(
+                    masks, previous
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 with torch.no_grad():
@@ -145,6 +165,8 @@ def hat(data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int,
         timer["train"] += time.perf_counter() - started
         started = time.perf_counter()
         backbone.eval()
-        matrix.append(evaluate(lambda x, t: heads[t](backbone(x, t, "test")), data, task_id + 1, eval_batch_size))
+        matrix.append(
+            evaluate(lambda x, t: heads[t](backbone(x, t, "test")), data, task_id + 1, eval_batch_size)
+        )
         timer["test"] += time.perf_counter() - started
     return matrix, timer

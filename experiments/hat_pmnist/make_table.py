@@ -1,6 +1,6 @@
 """Collect ``results/summary.json`` of every run under a folder into a mean +- std table.
 
-    python experiments/hat_pmnist/make_table.py outputs/hat_pmnist_table > experiments/hat_pmnist/table.md
+python experiments/hat_pmnist/make_table.py outputs/hat_pmnist_table > experiments/hat_pmnist/table.md
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def main(folder: Path) -> None:
         algorithm = summary_path.parents[2].name
         rows.setdefault(algorithm, []).append(json.loads(summary_path.read_text()))
     out = {}
-    print("| algorithm | seeds | average accuracy (%) | BWT (points) | forgetting (points) | capacity after last task (%) | wall time (s) |")
+    print(
+        "| algorithm | seeds | average accuracy (%) | BWT (points) | forgetting (points) | capacity after last task (%) | wall time (s) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for algorithm, summaries in rows.items():
         complete = [s for s in summaries if s["tasks_done"] == s["num_tasks"]]

@@ -68,7 +68,10 @@ def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int)
     if not trainer.loggers:
         return
     summary = results.summary()
-    metrics = {f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": float(results.acc_matrix[task_id, j]) for j in range(task_id + 1)}
+    metrics = {
+        f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": float(results.acc_matrix[task_id, j])
+        for j in range(task_id + 1)
+    }
     metrics["average_accuracy"] = summary["average_accuracy"]
     if summary["bwt"] is not None:
         metrics["bwt"] = summary["bwt"]
@@ -145,7 +148,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
         # Last, so the saved RNG state is the one the next task starts from.
         if trainer.is_global_zero and cfg.save_checkpoints:
-            resume.save_checkpoint(output_dir, task_id, algorithm, results, config_digest, untrained, callbacks)
+            resume.save_checkpoint(
+                output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
+            )
         log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
     if trainer is None:  # resumed after the last task: nothing to train, the end-of-run callbacks still run
         trainer = new_trainer()
@@ -179,7 +184,9 @@ def _copy_for_zero_shot(algorithm: CLAlgorithm) -> CLAlgorithm:
     return copy.deepcopy(algorithm)
 
 
-def _zero_shot_eval(trainer, algorithm, untrained, benchmark, results: ContinualResults, task_id: int) -> None:
+def _zero_shot_eval(
+    trainer, algorithm, untrained, benchmark, results: ContinualResults, task_id: int
+) -> None:
     """R[j-1, j] (current model, before training task j) and b_j (untrained model) on task j."""
     benchmark.test_tasks = [task_id]
     for model, target in ((algorithm, results.acc_before_training), (untrained, results.acc_untrained)):

@@ -70,7 +70,9 @@ class CLAlgorithm(LightningModule):
                 f"{type(self).__name__} needs a {self.required_backbone_type.__name__} backbone, got {type(backbone).__name__}"
             )
         if heads.input_dim != backbone.output_dim:
-            raise ValueError(f"heads take {heads.input_dim}-d features but the backbone outputs {backbone.output_dim}")
+            raise ValueError(
+                f"heads take {heads.input_dim}-d features but the backbone outputs {backbone.output_dim}"
+            )
         self.backbone = backbone
         self.heads = heads
         self.optimizer_factory = optimizer
@@ -115,7 +117,9 @@ class CLAlgorithm(LightningModule):
     def load_cl_state_dict(self, state: dict) -> None:
         """Inverse of ``cl_state_dict``; called when a run resumes from a checkpoint."""
         if state:
-            raise NotImplementedError(f"{type(self).__name__} saved {sorted(state)} in cl_state_dict but does not override load_cl_state_dict")
+            raise NotImplementedError(
+                f"{type(self).__name__} saved {sorted(state)} in cl_state_dict but does not override load_cl_state_dict"
+            )
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, task_id: int) -> Tensor:
@@ -220,4 +224,7 @@ class CLAlgorithm(LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_monitor}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_monitor},
+        }

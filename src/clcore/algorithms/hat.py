@@ -209,7 +209,8 @@ class HAT(CLAlgorithm):
         self._previous_cumulative_mask = self.backbone.previous_cumulative_mask(self.task_id)
         measures = self.backbone.parameter_measures(self._previous_cumulative_mask, aggregation="min")
         self._adjustment = {
-            name: tuple(None if m is None else self._rate_or_measure(m) for m in pair) for name, pair in measures.items()
+            name: tuple(None if m is None else self._rate_or_measure(m) for m in pair)
+            for name, pair in measures.items()
         }
 
     def _rate_or_measure(self, parameter_mask: Tensor) -> Tensor:

@@ -67,7 +67,9 @@ class CLBenchmark(LightningDataModule):
         if num_tasks < 1:
             raise ValueError(f"benchmark.num_tasks must be >= 1, got {num_tasks}")
         if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+            raise ValueError(
+                f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
+            )
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"benchmark.val_fraction must be in [0, 1), got {val_fraction}")
         self.source, self.root, self.download = source, root, download

@@ -27,7 +27,9 @@ class PermutedBenchmark(CLBenchmark):
 
     def _check(self, data: ImageData) -> None:
         if self.num_tasks > 10_000:
-            raise ValueError(f"benchmark.num_tasks={self.num_tasks} is not a sensible permuted sequence (max 10000)")
+            raise ValueError(
+                f"benchmark.num_tasks={self.num_tasks} is not a sensible permuted sequence (max 10000)"
+            )
 
     @property
     def permutations(self) -> Tensor:

@@ -15,11 +15,24 @@ class RotatedBenchmark(CLBenchmark):
     The rotation is torchvision's batched tensor rotation (bilinear), run on the batch's device.
     """
 
-    def __init__(self, source: str, num_tasks: int, max_angle: float = 180.0, angles: list[float] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        source: str,
+        num_tasks: int,
+        max_angle: float = 180.0,
+        angles: list[float] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(source, num_tasks, **kwargs)
         if angles is not None and len(angles) != num_tasks:
-            raise ValueError(f"benchmark.angles has {len(angles)} entries but benchmark.num_tasks={num_tasks}")
-        self.angles = [float(a) for a in angles] if angles is not None else [t * max_angle / num_tasks for t in range(num_tasks)]
+            raise ValueError(
+                f"benchmark.angles has {len(angles)} entries but benchmark.num_tasks={num_tasks}"
+            )
+        self.angles = (
+            [float(a) for a in angles]
+            if angles is not None
+            else [t * max_angle / num_tasks for t in range(num_tasks)]
+        )
 
     def classes_of(self, task_id: int) -> list[int]:
         return list(range(self.load().num_classes))

@@ -120,8 +120,12 @@ def load_cifar(name: str, root: str | Path, download: bool = False) -> ImageData
 
     train_images, train_labels = to_tensor(train)
     test_images, test_labels = to_tensor(test)
-    class_names = tuple(name.replace("_", " ") for name in train.classes)  # "aquarium_fish" -> "aquarium fish"
-    return ImageData(name, train_images, train_labels, test_images, test_labels, num_classes, mean, std, class_names)
+    class_names = tuple(
+        name.replace("_", " ") for name in train.classes
+    )  # "aquarium_fish" -> "aquarium fish"
+    return ImageData(
+        name, train_images, train_labels, test_images, test_labels, num_classes, mean, std, class_names
+    )
 
 
 def load_digits(test_fraction: float = 0.2) -> ImageData:

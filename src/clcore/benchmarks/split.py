@@ -42,7 +42,11 @@ class SplitBenchmark(CLBenchmark):
             )
         if self._given_order is not None:
             order = self._given_order
-            if sorted(order) != sorted(set(order)) or not all(0 <= c < data.num_classes for c in order) or len(order) < needed:
+            if (
+                sorted(order) != sorted(set(order))
+                or not all(0 <= c < data.num_classes for c in order)
+                or len(order) < needed
+            ):
                 raise ValueError(
                     f"benchmark.class_order must list at least {needed} distinct classes in 0..{data.num_classes - 1}, got {order}"
                 )

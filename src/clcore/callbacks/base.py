@@ -17,8 +17,12 @@ class CLCallback(Callback):
     ``clrun +callbacks.mine._target_=my_package.MyCallback``.
     """
 
-    def on_task_end(self, trainer: Trainer, algorithm: LightningModule, task_id: int, results: ContinualResults) -> None:
+    def on_task_end(
+        self, trainer: Trainer, algorithm: LightningModule, task_id: int, results: ContinualResults
+    ) -> None:
         """After task ``task_id`` trained and was tested."""
 
-    def on_sequence_end(self, trainer: Trainer, algorithm: LightningModule, results: ContinualResults) -> None:
+    def on_sequence_end(
+        self, trainer: Trainer, algorithm: LightningModule, results: ContinualResults
+    ) -> None:
         """After the last task."""

@@ -26,7 +26,9 @@ class HATMaskPlots(CLCallback):
     nothing for algorithms without a HAT mask backbone.
     """
 
-    def __init__(self, output_subdir: str = "plots/hat_masks", dpi: int = 100, every_task: bool = False) -> None:
+    def __init__(
+        self, output_subdir: str = "plots/hat_masks", dpi: int = 100, every_task: bool = False
+    ) -> None:
         self.output_subdir = output_subdir
         self.dpi = dpi
         self.every_task = every_task

@@ -47,7 +47,15 @@ class ResultPlots(CLCallback):
         for i in range(k):
             for j in range(i + 1):
                 if not math.isnan(R[i, j]):
-                    ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=8, color="white" if R[i, j] < 60 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{R[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if R[i, j] < 60 else "black",
+                    )
         ax.set_xticks(ticks, labels)
         ax.set_yticks(ticks, labels)
         ax.set_xlabel("evaluated on task j")

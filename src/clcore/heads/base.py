@@ -38,7 +38,9 @@ class CLHeads(nn.Module):
                 )
             return
         if task_id != self.num_tasks_seen:
-            raise ValueError(f"tasks must be set up in order: expected task {self.num_tasks_seen + 1}, got {task_id + 1}")
+            raise ValueError(
+                f"tasks must be set up in order: expected task {self.num_tasks_seen + 1}, got {task_id + 1}"
+            )
         self.classes_per_task.append(num_classes)
         self._grow(task_id, num_classes)
 

@@ -46,4 +46,6 @@ def forgetting(R: Tensor) -> Tensor:
     Chaudhry et al. 2018, Eq. 8; the average F_T is ``forgetting(R).mean()``.
     """
     T = R.shape[0]
-    return torch.stack([R[j : T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]) if T > 1 else R.new_zeros(0)
+    return (
+        torch.stack([R[j : T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]) if T > 1 else R.new_zeros(0)
+    )

@@ -83,7 +83,10 @@ class ContinualResults:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["after_task", *[f"task_{j + 1}" for j in range(self.num_tasks)]])
         for i in range(self.tasks_done):
-            cells = ["" if j > i or math.isnan(v) else f"{v:.6f}" for j, v in enumerate(self.acc_matrix[i].tolist())]
+            cells = [
+                "" if j > i or math.isnan(v) else f"{v:.6f}"
+                for j, v in enumerate(self.acc_matrix[i].tolist())
+            ]
             writer.writerow([i + 1, *cells])
         return buffer.getvalue()
 

@@ -30,4 +30,6 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
     """Instantiate every entry with a ``_target_`` in a config group mapping (callbacks, loggers)."""
     if not cfg:
         return []
-    return [instantiate(entry) for entry in cfg.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+    return [
+        instantiate(entry) for entry in cfg.values() if isinstance(entry, DictConfig) and "_target_" in entry
+    ]
