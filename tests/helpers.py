@@ -150,3 +150,19 @@ class Batches:
 
     def __len__(self):
         return len(self.batches)
+
+
+def quiet_trainer(**overrides):
+    """A Lightning Trainer for unit tests: one CPU epoch, no logger, checkpoints, bars or summaries."""
+    import lightning as L
+
+    settings = dict(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    return L.Trainer(**(settings | overrides))

@@ -25,7 +25,7 @@ from clcore.backbones.hat_resnet import HATMaskResNet18
 from clcore.backbones.mlp import MLP
 from clcore.heads.cil import HeadsCIL
 from clcore.heads.til import HeadsTIL
-from tests.helpers import Batches
+from tests.helpers import Batches, quiet_trainer
 
 
 def make_hat(backbone, **kwargs) -> HAT:
@@ -46,16 +46,7 @@ def tiny_mlp(num_tasks: int = 2) -> HATMaskMLP:
 
 
 def trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    return L.Trainer(**(defaults | kwargs))
+    return quiet_trainer(**kwargs)
 
 
 # ---- annealing (Sec. 2.4) -----------------------------------------------------------------------

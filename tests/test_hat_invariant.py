@@ -18,7 +18,7 @@ from clcore.backbones.hat_mlp import HATMaskMLP
 from clcore.backbones.hat_resnet import HATMaskResNet18
 from clcore.callbacks.hat_masks import HATMaskPlots
 from clcore.heads.til import HeadsTIL
-from tests.helpers import Batches
+from tests.helpers import Batches, quiet_trainer
 
 NUM_TASKS = 3
 
@@ -36,16 +36,7 @@ def task_data(task_id: int, input_shape: tuple[int, ...], num_batches: int = 4, 
 
 
 def make_trainer(root) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=1,
-        default_root_dir=root,
-    )
+    return quiet_trainer(num_sanity_val_steps=1, default_root_dir=root)
 
 
 def make_backbone(kind: str):
