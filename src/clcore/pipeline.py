@@ -28,7 +28,9 @@ from clcore.algorithms.base import CLAlgorithm
 from clcore.benchmarks.base import CLBenchmark
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import write_json_atomic, write_text_atomic
+from clcore.utils.entry_point_cache import entry_points_looked_up_once
 from clcore.utils.instantiate import instantiate_group, instantiate_with_defaults
+from clcore.utils.null_profiler import NullProfiler
 from clcore.validation import validate_config
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,17 @@ def write_results(results: ContinualResults, output_dir: Path) -> None:
 
 
 def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int) -> None:
-    """Accuracy-matrix row, average accuracy and BWT to every logger, keyed for dashboards."""
+    """Accuracy-matrix row, average accuracy and BWT to every logger at step = tasks done.
+
+    Row t of R appears twice: ``acc_matrix/after_task_<t>/task_<j>`` (one value per cell) and
+    ``task_<j>/test/acc`` (one curve per task j across the sequence: its forgetting curve).
+    """
     if not trainer.loggers:
         return
     summary = results.summary()
-    metrics = {
-        f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": float(results.acc_matrix[task_id, j])
-        for j in range(task_id + 1)
-    }
+    row = results.acc_matrix[task_id, : task_id + 1].tolist()
+    metrics = {f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": acc for j, acc in enumerate(row)}
+    metrics.update({f"task_{j + 1}/test/acc": acc for j, acc in enumerate(row)})
     metrics["average_accuracy"] = summary["average_accuracy"]
     if summary["bwt"] is not None:
         metrics["bwt"] = summary["bwt"]
@@ -124,37 +129,41 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(output_dir),
+        # Lightning's default pass-through profiler still costs a context manager per hook call
+        **({"profiler": NullProfiler()} if cfg.trainer.get("profiler") is None else {}),
         # without a validation split there is nothing to validate (and no empty-loader warning)
         **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
     )
 
-    trainer = None
-    for task_id in range(results.tasks_done, benchmark.num_tasks):
-        started = time.perf_counter()
-        benchmark.setup_task(task_id)
-        algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
-        trainer = new_trainer()
-        if untrained is not None and task_id > 0:
-            _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
-        trainer.fit(algorithm, datamodule=benchmark)
-        trainer.test(algorithm, datamodule=benchmark, verbose=False)
-        results.record_row(task_id, algorithm.last_test_accuracy)
-        for name, value in algorithm.on_task_end(task_id).items():
-            results.record_extra(task_id, name, value)
-        results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
-        if trainer.is_global_zero:
-            write_results(results, output_dir)
-        _log_task_summary(trainer, results, task_id)
-        _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
-        # Last, so the saved RNG state is the one the next task starts from.
-        if trainer.is_global_zero and cfg.save_checkpoints:
-            resume.save_checkpoint(
-                output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
-            )
-        log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
-    if trainer is None:  # resumed after the last task: nothing to train, the end-of-run callbacks still run
-        trainer = new_trainer()
-    _call(callbacks, "on_sequence_end", trainer, algorithm, results)
+    # One Trainer per task; the installed packages' entry points are read for the first only.
+    with entry_points_looked_up_once():
+        trainer = None
+        for task_id in range(results.tasks_done, benchmark.num_tasks):
+            started = time.perf_counter()
+            benchmark.setup_task(task_id)
+            algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
+            trainer = new_trainer()
+            if untrained is not None and task_id > 0:
+                _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
+            trainer.fit(algorithm, datamodule=benchmark)
+            trainer.test(algorithm, datamodule=benchmark, verbose=False)
+            results.record_row(task_id, algorithm.last_test_accuracy)
+            for name, value in algorithm.on_task_end(task_id).items():
+                results.record_extra(task_id, name, value)
+            results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
+            if trainer.is_global_zero:
+                write_results(results, output_dir)
+            _log_task_summary(trainer, results, task_id)
+            _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
+            # Last, so the saved RNG state is the one the next task starts from.
+            if trainer.is_global_zero and cfg.save_checkpoints:
+                resume.save_checkpoint(
+                    output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
+                )
+            log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
+        if trainer is None:  # resumed after the last task: nothing to train, the end-of-run callbacks still run
+            trainer = new_trainer()
+        _call(callbacks, "on_sequence_end", trainer, algorithm, results)
     return results
 
 

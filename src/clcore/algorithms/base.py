@@ -48,6 +48,24 @@ class CLAlgorithm(LightningModule):
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.
     nonfinite_check_every_n_steps: int = 50
+    # Attributes assigned many times a step that never hold a parameter, buffer or submodule;
+    # ``__setattr__`` stores them directly (see there).
+    _PLAIN_ATTRIBUTES = frozenset(
+        {"_current_fx_name", "_nonfinite_loss_seen", "_train_batches_this_task", "_train_batches_checked"}
+    )
+
+    def __setattr__(self, name: str, value) -> None:
+        """Plain per-step attributes skip ``nn.Module.__setattr__``'s registry checks.
+
+        Lightning assigns ``_current_fx_name`` before and after every hook it calls, about 40
+        times per training step; ``nn.Module.__setattr__`` first tests each value against the
+        parameter, submodule and buffer registries. For the names in ``_PLAIN_ATTRIBUTES`` it
+        would end in ``object.__setattr__`` anyway, so this stores them there directly.
+        """
+        if name in self._PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def __init__(
         self,
@@ -210,10 +228,11 @@ class CLAlgorithm(LightningModule):
     def on_test_epoch_end(self) -> None:
         # compute() synchronises across processes: every rank gets the full per-task accuracy.
         # reshape: torchmetrics squeezes a one-element result (a one-task run) to a scalar
+        # The loggers get these from the pipeline, once per task, as ``task_<j>/test/acc`` at
+        # step = tasks done (a curve per task across the sequence), not through ``self.log``:
+        # that would cost Lightning's per-call bookkeeping for every seen task after every task,
+        # and would also log the zero-shot tests of the untrained model under the same names.
         self.last_test_accuracy = self.test_accuracy.compute().reshape(-1).cpu()
-        for j, acc in enumerate(self.last_test_accuracy.tolist()):
-            if acc == acc:  # not NaN: task j was evaluated
-                self.log(f"task_{j + 1}/test/acc", acc, rank_zero_only=True)
 
     # ---- optimisation ------------------------------------------------------------------------
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
