@@ -25,7 +25,7 @@ class TaskData:
 
     def transform(self, images, task_id):
         permuted = images.flatten(2).index_select(2, self.permutations[task_id]).view_as(images)
-        return (permuted.float().div_(255.0) - self.mean) / self.std
+        return permuted.float().div_(255.0).sub_(self.mean).div_(self.std)
 
 
 def mlp(input_dim=784, hidden_dims=(256, 100), output_dim=64) -> nn.Sequential:

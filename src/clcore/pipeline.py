@@ -161,7 +161,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
                     output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
                 )
             log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
-        if trainer is None:  # resumed after the last task: nothing to train, the end-of-run callbacks still run
+        if (
+            trainer is None
+        ):  # resumed after the last task: nothing to train, the end-of-run callbacks still run
             trainer = new_trainer()
         _call(callbacks, "on_sequence_end", trainer, algorithm, results)
     return results

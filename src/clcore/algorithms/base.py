@@ -51,7 +51,7 @@ class CLAlgorithm(LightningModule):
     # Attributes assigned many times a step that never hold a parameter, buffer or submodule;
     # ``__setattr__`` stores them directly (see there).
     _PLAIN_ATTRIBUTES = frozenset(
-        {"_current_fx_name", "_nonfinite_loss_seen", "_train_batches_this_task", "_train_batches_checked"}
+        {"_current_fx_name", "_loss_sum_since_check", "_train_batches_this_task", "_train_batches_checked"}
     )
 
     def __setattr__(self, name: str, value) -> None:
@@ -100,7 +100,8 @@ class CLAlgorithm(LightningModule):
         self.task_id = 0
         self.test_accuracy = TaskAccuracy(num_tasks)
         self.last_test_accuracy: Tensor | None = None
-        self._nonfinite_loss_seen: Tensor | None = None  # on the loss's device: no sync to update
+        # Sum of the losses since the last non-finite check, on the loss's device (no sync to update)
+        self._loss_sum_since_check: Tensor | None = None
         self._train_batches_this_task = 0
         self._train_batches_checked = 0
 
@@ -114,7 +115,7 @@ class CLAlgorithm(LightningModule):
         self.task_id = task_id
         self.backbone.setup_task(task_id)
         self.heads.setup_task(task_id, num_classes)
-        self._nonfinite_loss_seen = None
+        self._loss_sum_since_check = None
         self._train_batches_this_task = self._train_batches_checked = 0
 
     def on_task_end(self, task_id: int) -> dict[str, float]:
@@ -172,15 +173,19 @@ class CLAlgorithm(LightningModule):
         """Stops the task if the loss went non-finite: a diverged model only produces garbage.
 
         Runs for automatic and manual optimisation alike (``outputs`` holds the returned loss).
-        The flag is accumulated on the loss's device and read every
-        ``nonfinite_check_every_n_steps`` batches and at each epoch's end, so there is no host
-        synchronisation per step. A subclass that overrides this hook must call ``super()``.
+        The losses are summed on their device (one op a step, no host synchronisation): a NaN or
+        inf in any of them makes the sum non-finite. The sum is read every
+        ``nonfinite_check_every_n_steps`` batches and at each epoch's end. Half-precision losses
+        are summed in float32, so only a loss beyond ~1e36 (a diverged run) could overflow it.
+        A subclass that overrides this hook must call ``super()``.
         """
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, Tensor):
-            nonfinite = ~torch.isfinite(loss.detach()).all()
-            seen = self._nonfinite_loss_seen
-            self._nonfinite_loss_seen = nonfinite if seen is None else seen | nonfinite
+            loss = loss.detach()
+            if loss.dtype in (torch.float16, torch.bfloat16):
+                loss = loss.float()
+            running = self._loss_sum_since_check
+            self._loss_sum_since_check = loss if running is None else running + loss
         self._train_batches_this_task += 1
         epoch_end = batch_idx + 1 == self.trainer.num_training_batches
         if epoch_end or self._train_batches_this_task % self.nonfinite_check_every_n_steps == 0:
@@ -188,10 +193,10 @@ class CLAlgorithm(LightningModule):
 
     def raise_if_loss_was_nonfinite(self) -> None:
         """Raise ``NonFiniteLossError`` if a loss since the last check was NaN/inf (one host sync)."""
-        seen, self._nonfinite_loss_seen = self._nonfinite_loss_seen, None
+        running, self._loss_sum_since_check = self._loss_sum_since_check, None
         first, last = self._train_batches_checked + 1, self._train_batches_this_task
         self._train_batches_checked = last
-        nonfinite = seen is not None and bool(seen)
+        nonfinite = running is not None and not bool(torch.isfinite(running).all())
         if self._trainer is not None:  # every process stops together under data parallelism
             nonfinite = self.trainer.strategy.reduce_boolean_decision(nonfinite, all=False)
         if nonfinite:

@@ -36,6 +36,19 @@ class ImageData:
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Batches are normalised in place on their float copy, and stored as 1 byte a pixel:
+        # a source with other images must convert them, or say so here rather than mid-run.
+        for split in ("train", "test"):
+            images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
+            if images.dtype != torch.uint8 or images.dim() != 4:
+                raise ValueError(
+                    f"{self.name}: {split} images must be a uint8 tensor [N, C, H, W] (0..255), "
+                    f"got {images.dtype} {tuple(images.shape)}"
+                )
+            if len(labels) != len(images):
+                raise ValueError(f"{self.name}: {len(images)} {split} images but {len(labels)} labels")
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
