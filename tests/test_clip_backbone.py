@@ -74,6 +74,22 @@ def test_explicit_attention_matches_torch_multihead_attention():
     )
 
 
+def test_qkv_linear_attention_matches_torch_multihead_attention_with_masks():
+    from clcore.task_arithmetic.clip_kfac_ready import QKVLinearAttention
+
+    torch.manual_seed(0)
+    for batch_first in (True, False):
+        fused = nn.MultiheadAttention(16, 4, batch_first=batch_first)
+        qkv = QKVLinearAttention(fused)
+        assert isinstance(qkv.in_proj, nn.Linear) and qkv.in_proj.weight is fused.in_proj_weight
+        x = torch.randn(2, 5, 16) if batch_first else torch.randn(5, 2, 16)
+        causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+        for kwargs in ({}, {"attn_mask": causal}, {"attn_mask": torch.randn(5, 5)}):
+            out, weights = qkv(x, x, x, **kwargs)
+            torch.testing.assert_close(out, fused(x, x, x, **kwargs)[0], atol=1e-5, rtol=1e-5)
+            assert weights is None
+
+
 def test_explicit_attention_switch_keeps_weights_and_outputs():
     # a model of its own: the switch edits the model in place
     clip, _ = load_open_clip(TINY_NAME, pretrained=None, model_cfg=TINY_CFG)

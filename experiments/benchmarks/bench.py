@@ -76,8 +76,6 @@ def run_clrun(algorithm: str, args, num_tasks: int, output_dir: Path):
         "save_checkpoints=false",
         "resume=false",  # repeats reuse the folder: start over, never continue a finished run
     ]
-    if args.input_dim:
-        overrides.append(f"backbone.input_dim={args.input_dim}")
     timer = PhaseTimer()
     started = time.perf_counter()
     cfg = compose(overrides, output_dir)
@@ -91,9 +89,7 @@ def run_clrun(algorithm: str, args, num_tasks: int, output_dir: Path):
     return matrix, {"setup": total - phases["train"] - phases["test"], **phases}
 
 
-PLAIN = {"finetuning": plain_loops.finetuning}
-if hasattr(plain_loops, "hat"):
-    PLAIN["hat"] = plain_loops.hat
+PLAIN = {"finetuning": plain_loops.finetuning, "hat": plain_loops.hat}
 
 
 def total_seconds(run) -> float:
@@ -190,7 +186,6 @@ def main() -> None:
         "--root", default="data/mnist-from-test", help="folder holding MNIST/raw/ (None with --source digits)"
     )
     parser.add_argument("--source", default="mnist")
-    parser.add_argument("--input-dim", type=int, default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)

@@ -23,12 +23,17 @@ class TaskData:
         self.train_x, self.train_y, self.test_x, self.test_y = train_x, train_y, test_x, test_y
         self.mean, self.std, self.permutations = mean, std, permutations
 
+    @property
+    def input_dim(self) -> int:
+        """Pixels per image: the MLP's input size, as clcore derives it from the benchmark."""
+        return self.train_x[0].numel()
+
     def transform(self, images, task_id):
         permuted = images.flatten(2).index_select(2, self.permutations[task_id]).view_as(images)
         return permuted.float().div_(255.0).sub_(self.mean).div_(self.std)
 
 
-def mlp(input_dim=784, hidden_dims=(256, 100), output_dim=64) -> nn.Sequential:
+def mlp(input_dim: int, hidden_dims=(256, 100), output_dim=64) -> nn.Sequential:
     dims = [input_dim, *hidden_dims, output_dim]
     layers: list[nn.Module] = [nn.Flatten()]
     for fan_in, fan_out in zip(dims[:-1], dims[1:]):
@@ -59,7 +64,7 @@ def finetuning(
     timer = {"setup": 0.0, "train": 0.0, "test": 0.0}
     started = time.perf_counter()
     seed_everything(seed, verbose=False)
-    backbone, heads = mlp(), nn.ModuleList()
+    backbone, heads = mlp(data.input_dim), nn.ModuleList()
     timer["setup"] += time.perf_counter() - started
     matrix = []
     for task_id in range(num_tasks):
@@ -115,7 +120,7 @@ def hat(
     timer = {"setup": 0.0, "train": 0.0, "test": 0.0}
     started = time.perf_counter()
     seed_everything(seed, verbose=False)
-    backbone, heads = HATMaskMLP(784, (256, 100), 64, num_tasks=num_tasks), nn.ModuleList()
+    backbone, heads = HATMaskMLP(data.input_dim, (256, 100), 64, num_tasks=num_tasks), nn.ModuleList()
     layers = backbone.masked_layers
     timer["setup"] += time.perf_counter() - started
     matrix = []

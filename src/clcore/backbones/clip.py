@@ -35,6 +35,16 @@ class PretrainedWeightsUnavailableError(RuntimeError):
 
 
 # -- explicit attention -----------------------------------------------------------------------
+def additive_mask(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """An attention mask as scores to add, with ``nn.MultiheadAttention``'s semantics.
+
+    Boolean masks: True = may not attend (-inf); float masks are added as they are.
+    """
+    if mask is None or mask.is_floating_point():
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+
+
 class ExplicitMultiheadAttention(nn.Module):
     """Drop-in for an ``nn.MultiheadAttention``, on its parameters, with no fused kernel.
 
@@ -74,12 +84,6 @@ class ExplicitMultiheadAttention(nn.Module):
             weights = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)
         return tuple(F.linear(x, w, b) for x, w, b in zip((query, key, value), weights, biases))
 
-    def _additive_mask(self, mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-        # nn.MultiheadAttention semantics: boolean True = may not attend; float masks are added.
-        if mask is None or mask.is_floating_point():
-            return None if mask is None else mask.to(dtype)
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-
     def forward(
         self,
         query: Tensor,
@@ -102,7 +106,7 @@ class ExplicitMultiheadAttention(nn.Module):
         q, k, v = (x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for x in (q, k, v))
 
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        mask = self._additive_mask(attn_mask, scores.dtype)
+        mask = additive_mask(attn_mask, scores.dtype)
         if mask is None and is_causal:
             mask = torch.full(
                 (target_len, source_len), float("-inf"), device=q.device, dtype=scores.dtype
@@ -111,7 +115,7 @@ class ExplicitMultiheadAttention(nn.Module):
             scores = scores + (
                 mask.view(batch, self.num_heads, target_len, source_len) if mask.dim() == 3 else mask
             )
-        padding = self._additive_mask(key_padding_mask, scores.dtype)
+        padding = additive_mask(key_padding_mask, scores.dtype)
         if padding is not None:
             scores = scores + padding.view(batch, 1, 1, source_len)
         weights = scores.softmax(dim=-1)

@@ -30,7 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clcore.backbones.clip import CLIPVisualBackbone, ExplicitMultiheadAttention, use_explicit_attention
+from clcore.backbones.clip import (
+    CLIPVisualBackbone,
+    ExplicitMultiheadAttention,
+    additive_mask,
+    use_explicit_attention,
+)
 
 
 class QKVLinearAttention(nn.Module):
@@ -84,12 +89,9 @@ class QKVLinearAttention(nn.Module):
             for part in self.in_proj(x).chunk(3, dim=-1)
         )
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        if attn_mask is not None:
-            if not attn_mask.is_floating_point():
-                attn_mask = torch.zeros(
-                    attn_mask.shape, dtype=scores.dtype, device=scores.device
-                ).masked_fill(attn_mask, float("-inf"))
-            scores = scores + attn_mask.to(scores.dtype)
+        mask = additive_mask(attn_mask, scores.dtype)
+        if mask is not None:
+            scores = scores + mask
         weights = F.dropout(scores.softmax(dim=-1), p=self.dropout, training=self.training)
         out = self.out_proj((weights @ v).transpose(1, 2).flatten(2))
         return (out if self.batch_first else out.transpose(0, 1)), None
