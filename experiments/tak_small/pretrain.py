@@ -5,7 +5,7 @@ backbone (784-256-100-64) trained, with a linear classifier on its L2-normalised
 classifies normalised features, as CLIP does; logits = scale * W z / ||z|| + b with a fixed scale,
 10 here where CLIP has 100), on the UPRIGHT training images. The study's tasks
 are the same digits rotated (Rotated MNIST, DIL), on which theta_0 is weak; the classifier plays
-CLIP's frozen zero-shot head (``clcore.algorithms.tak_heads.SavedClassifier``).
+CLIP's frozen zero-shot head (``clcore.algorithms.tak.heads.SavedClassifier``).
 
 Writes ``<out>/mlp_theta0.pt`` (the backbone's state dict) and ``<out>/mlp_head.pt`` (weight, bias,
 class names) and prints theta_0's test accuracy at each angle of the study.

@@ -22,7 +22,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class CLAlgorithm(LightningModule):
-    """Backbone + heads + criterion, trained one task at a time by ``clcore.pipeline``.
+    """Backbone + heads + criterion, trained one task at a time by ``clcore.clrun.task_loop``.
 
     The pipeline calls ``setup_task(t, num_classes)`` before each task, then ``Trainer.fit`` and
     ``Trainer.test`` on every seen task. Batches are ``(x, local_labels, task_id)``; the heads map
@@ -43,7 +43,7 @@ class CLAlgorithm(LightningModule):
 
     supported_paradigms: tuple[str, ...] = ("til", "cil", "dil")
     # The backbone class this algorithm needs (e.g. HAT: a mask backbone); checked by
-    # ``clcore.validation`` from the config, before anything is built, and again here.
+    # ``clcore.clrun.preflight`` from the config, before anything is built, and again here.
     required_backbone_type: type | None = None
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.

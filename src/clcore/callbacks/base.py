@@ -10,7 +10,7 @@ from clcore.metrics.results import ContinualResults
 class CLCallback(Callback):
     """A Lightning callback that also hears about whole tasks and the whole sequence.
 
-    ``clcore.pipeline`` calls ``on_task_end`` after task ``task_id`` (0-based) has trained and
+    ``clcore.clrun.task_loop`` calls ``on_task_end`` after task ``task_id`` (0-based) has trained and
     been tested on every seen task (``results`` then holds its row of the accuracy matrix), and
     ``on_sequence_end`` once after the last task. Any object with these methods works; this
     base class only documents them. Add one from the command line:

@@ -1,0 +1,532 @@
+"""TAK: task arithmetic with KFAC regularisation, as a continual-learning algorithm.
+
+Porrello, Bonicelli, Frascaroli, Buzzega, Calderara et al., "Dataless Weight Disentanglement in
+Task Arithmetic via Kronecker-Factored Approximate Curvature", ICLR 2026, arXiv 2602.17385.
+
+Each task t fine-tunes an update tau_t of chosen backbone parameters (``tak_parameters``) while the
+pre-trained weights theta_0 stay in place (``clcore.algorithms.tak.weight_delta``), in tangent
+space by default (the linearised network f(x; theta_0) + J tau, Ortiz-Jimenez et al. 2023) or
+non-linearly. The loss is
+
+    CE(head_t(z(x; tau_t)), y) + lambda * R(tau_t),    z = normalised image features,
+
+with R the KFAC approximation of tau^T G tau, G the Gauss-Newton matrix of the OTHER tasks'
+features at theta_0 (Sec. 4; ``kfac_penalty``): tr(B dW A dW^T) per linear layer, a full Gram
+quadratic form for layer norms and the class token (times ``fisher_norm_scaler``), the output
+projection's term times ``fisher_ft_proj_scaler``. Eq. 7 (``fisher_ideal``) keeps one factor pair
+per task weighted by N_t / N; Eq. 8 (default) one accumulated pair (sum_t w_t A_t, sum_t B_t).
+The penalty is added once per optimiser step, i.e. once per virtual batch of ``virtual_bs_n``
+batches, whose cross-entropy gradients are averaged (gradient accumulation).
+
+After each task its vector tau_t is stored, all vectors so far are merged (``merging``,
+``alpha_merging``) and the pipeline's test loop evaluates theta_0 + merge: the accuracy matrix is
+the merged model's. The last task ends with an alpha sweep written to ``results/alpha_sweep.csv``
+and ``plots/alpha_sweep.png`` in the run folder.
+
+Curvature: where the factors come from (``load_fisher``) ---------------------------------------
+The factors of task s are computed once at theta_0 from task s's training data and cached on disk
+(``tak_factors``). As in the reference code, a run either
+
+- ``load_fisher: false`` (the reference's default): stores the factors of each task as it comes
+  (only of task ``fisher_task_id``, 1-based, when set: one task per job on a cluster) and trains
+  WITHOUT the penalty; or
+- ``load_fisher: true``: trains every task with the penalty of the other tasks' factors. With
+  ``fisher_future_tasks: true`` (the reference) "other" means every other task of the sequence,
+  later ones included: their factors must be known before they are trained, so factors missing
+  from the cache are computed up front from those tasks' training data (the reference requires a
+  complete cache from an earlier run instead). Task t's training then reads only factors, never
+  another task's data. With ``fisher_future_tasks: false`` only the tasks already seen
+  regularise (strictly continual: nothing of a future task is used; task 1 has no penalty).
+
+Heads: with ``frozen_head`` (a class-weights provider: CLIP's zero-shot text head, or a saved
+classifier) each task's head is written once and frozen; without it the paradigm's linear head of
+the current task trains with tau_t and is frozen afterwards (DIL's shared head keeps training).
+Training uses the current task's logits only (as the reference); testing uses the paradigm's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from clcore.algorithms.base import CLAlgorithm
+from clcore.algorithms.tak.alpha_sweep import SweepPoint, write_alpha_sweep
+from clcore.algorithms.tak.evaluation import task_accuracy
+from clcore.algorithms.tak.factors import TaskFactorStore, combined_curvature, samples_for_factors
+from clcore.algorithms.tak.heads import task_head, write_frozen_head
+from clcore.algorithms.tak.merging import check_alpha, library_alpha, merge_task_vectors, sweep_values
+from clcore.algorithms.tak.parameters import select_parameters
+from clcore.algorithms.tak.schedule import SCHEDULES, lr_multiplier
+from clcore.backbones.base import CLBackbone
+from clcore.backbones.clip import CLIPVisualBackbone
+from clcore.heads.base import CLHeads
+from clcore.heads.dil import HeadDIL
+from clcore.algorithms.tak.clip_kfac_ready import make_kfac_ready
+from clcore.algorithms.tak.fisher_cache import REMOTE_PREFIXES
+from clcore.algorithms.tak.kfac_penalty import kfac_penalty
+from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
+from clcore.utils.atomic import torch_save_atomic
+
+log = logging.getLogger(__name__)
+
+ClassWeights = Callable[[list[str]], tuple[Tensor, Tensor]]
+
+
+class TAK(CLAlgorithm):
+    """Task arithmetic with KFAC regularisation (Porrello et al., ICLR 2026); options in ``configs/algorithm/tak.yaml``."""
+
+    supported_paradigms = ("til", "cil", "dil")
+
+    def __init__(
+        self,
+        backbone: CLBackbone,
+        heads: CLHeads,
+        optimizer,
+        num_tasks: int,
+        lr_scheduler=None,
+        lr_scheduler_monitor: str = "val/loss",
+        *,
+        ft_linears: bool = True,
+        ft_attention: bool = True,
+        ft_layer_norms: bool = True,
+        ft_class_embedding: bool = True,
+        ft_projection: bool = True,
+        ft_positional_embedding: bool = False,
+        ft_conv_stem: bool = False,
+        tangent: bool = True,
+        use_lora: bool = False,
+        lora_rank: int = 16,
+        lora_rank_attention: int = 48,
+        reg_lambda: float = 500.0,
+        fisher_ft_proj_scaler: float = 0.1,
+        fisher_norm_scaler: float = 10.0,
+        fisher_ideal: bool = False,
+        load_fisher: bool = False,
+        fisher_cache: str | None = "fisher_cache",
+        fisher_task_id: int | None = None,
+        fisher_future_tasks: bool = True,
+        train_percent: float | int = 1.0,
+        fisher_num_samples_expectation: int = 1,
+        fp_precision: str = "fp32",
+        fisher_seed: int = 0,
+        virtual_bs_n: int = 1,
+        scheduler: str = "cosine",
+        warmup_steps: int = 500,
+        clip_grad_norm: float | None = None,
+        merging: str = "ta",
+        alpha_merging: float | str = "one",
+        dare_p: float = 0.7,
+        ties_k: float = 0.2,
+        alpha_sweep_start: float = 0.1,
+        alpha_sweep_end: float = 1.5,
+        alpha_sweep_step: float = 0.1,
+        save_task_vectors: bool = False,
+        resume: bool = False,
+        load_path: str | None = None,
+        frozen_head: ClassWeights | None = None,
+        pretrained_backbone: str | None = None,
+    ) -> None:
+        if lr_scheduler is not None:
+            raise ValueError(
+                "TAK schedules the learning rate itself (algorithm.scheduler: cosine | step | none); set lr_scheduler=null"
+            )
+        super().__init__(backbone, heads, optimizer, num_tasks, None, lr_scheduler_monitor)
+        self.automatic_optimization = False  # virtual batches: the penalty joins once per optimiser step
+        _check_options(virtual_bs_n, scheduler, reg_lambda, merging, alpha_merging)
+        _check_fisher_and_resume_options(num_tasks, fisher_cache, fisher_task_id, resume, load_path)
+        samples_for_factors(train_percent, 1)  # fails now on a malformed value, not after training task 1
+        self.sweep_alphas = sweep_values(alpha_sweep_start, alpha_sweep_end, alpha_sweep_step)
+        if pretrained_backbone is not None:
+            backbone.load_state_dict(torch.load(pretrained_backbone, map_location="cpu", weights_only=True))
+        if isinstance(backbone, CLIPVisualBackbone):
+            make_kfac_ready(backbone)  # qkv and output projection as nn.Linear: KFAC-hookable, jvp-able
+        backbone.requires_grad_(False).eval()  # theta_0 never changes; no dropout / batch statistics
+        self.selection = select_parameters(
+            backbone,
+            {
+                "linears": ft_linears,
+                "attention": ft_attention,
+                "layer_norms": ft_layer_norms,
+                "class_embedding": ft_class_embedding,
+                "projection": ft_projection,
+                "positional_embedding": ft_positional_embedding,
+                "conv_stem": ft_conv_stem,
+            },
+            projection_scaler=fisher_ft_proj_scaler,
+            norm_scaler=fisher_norm_scaler,
+            use_lora=use_lora,
+            lora_rank=lora_rank,
+            lora_rank_attention=lora_rank_attention,
+        )
+        self.weight_delta = WeightDelta(self.selection.shapes, self.selection.lora_ranks)
+        self.factor_store = TaskFactorStore(
+            backbone,
+            self.selection,
+            fisher_cache,
+            train_percent,
+            fisher_num_samples_expectation,
+            fp_precision,
+            fisher_seed,
+        )
+        self.tangent = tangent
+        self.reg_lambda = float(reg_lambda)
+        self.fisher_ideal = fisher_ideal
+        self.load_fisher = load_fisher
+        self.fisher_task_id = fisher_task_id
+        self.fisher_future_tasks = fisher_future_tasks
+        self.virtual_bs_n = virtual_bs_n
+        self.scheduler = scheduler
+        self.warmup_steps = warmup_steps
+        self.clip_grad_norm = clip_grad_norm
+        self.merging = merging
+        self.alpha_merging = alpha_merging
+        self.dare_p = dare_p
+        self.ties_k = ties_k
+        self.save_task_vectors = save_task_vectors
+        self.resume = resume
+        self.load_path = load_path
+        self.frozen_head = frozen_head
+
+        # State across tasks (checkpointed by cl_state_dict).
+        self.task_vectors: list[dict[str, Tensor]] = []  # tau_t on the CPU, by parameter name
+        self.single_task_accuracy: list[float] = []  # task t with tau_t alone, right after training
+        self.fisher_seconds: list[float] = []  # time spent computing (not loading) factors per task
+        self.task_vector_loaded: list[bool] = []
+        # Per-task state.
+        self.curvature: list | None = None  # [(weight, KFACFactors)] for kfac_penalty, or None: no penalty
+        self.evaluate_merged = False  # test with theta_0 + merge (True after a task ends)
+        self._merged: dict[str, Tensor] | None = None
+        self._loaded_vector: dict[str, Tensor] | None = None
+        self._benchmark = None
+        self._heads_written: set[int] = set()
+        self._batches_since_step = 0
+
+    # ---- the per-task protocol -------------------------------------------------------------
+    def setup_task(self, task_id: int, num_classes: int) -> None:
+        super().setup_task(task_id, num_classes)
+        task_head(self.heads, task_id).requires_grad_(self.frozen_head is None)
+        self.weight_delta.reset()
+        self._loaded_vector = None
+        self._batches_since_step = 0
+
+    def on_fit_start(self) -> None:
+        benchmark = self.trainer.datamodule
+        if benchmark is None:
+            raise RuntimeError(
+                "TAK needs the benchmark as the Trainer's datamodule (factors and evaluations read its tasks)"
+            )
+        self._benchmark = benchmark
+        self.evaluate_merged = False
+        self._write_frozen_heads(benchmark)
+        if self.resume:
+            self._loaded_vector = self._load_saved_task_vector(self.task_id)
+        computed_before = self.factor_store.computed_seconds
+        self.curvature = (
+            None if self._loaded_vector is not None else self._prepare_curvature(benchmark, self.task_id)
+        )
+        _set_at(self.fisher_seconds, self.task_id, self.factor_store.computed_seconds - computed_before)
+
+    def on_test_start(self) -> None:
+        # The pipeline may test a task before it trains (forward transfer): its head must exist.
+        if self.trainer.datamodule is not None:
+            self._write_frozen_heads(self.trainer.datamodule)
+
+    def train(self, mode: bool = True) -> TAK:
+        super().train(mode)
+        self.backbone.eval()  # theta_0 is a fixed function: no dropout, frozen normalisation statistics
+        return self
+
+    def on_train_batch_start(self, batch, batch_idx: int):
+        if self._loaded_vector is not None:
+            return -1  # this task's vector was loaded (algorithm.resume): skip its training
+
+    def on_fit_end(self) -> None:
+        task = self.task_id
+        trained = {
+            name: tensor.detach().cpu().clone() for name, tensor in self.weight_delta.materialize().items()
+        }
+        vector = self._loaded_vector if self._loaded_vector is not None else trained
+        _set_at(self.task_vectors, task, vector)
+        _set_at(self.task_vector_loaded, task, self._loaded_vector is not None)
+        own = {name: tensor.to(self.device) for name, tensor in vector.items()}
+        _set_at(self.single_task_accuracy, task, self._accuracy(task, own))
+        if self.save_task_vectors and self.trainer.is_global_zero:
+            self._save_task_vector(task, vector)
+        if self.frozen_head is None and not isinstance(self.heads, HeadDIL):
+            task_head(self.heads, task).requires_grad_(False)  # a later task must not move it
+        self._merge()
+
+    def on_task_end(self, task_id: int) -> dict[str, float]:
+        merged_accuracy = (
+            self.last_test_accuracy[: task_id + 1].tolist() if self.last_test_accuracy is not None else []
+        )
+        ratios = [
+            acc / single for acc, single in zip(merged_accuracy, self.single_task_accuracy) if single > 0
+        ]
+        scalars = {
+            "single_task_accuracy": self.single_task_accuracy[task_id],
+            # merged / single-task accuracy (Ortiz-Jimenez et al. 2023); 0 where no single accuracy is > 0
+            # (summary.json holds no NaN)
+            "normalized_accuracy": sum(ratios) / len(ratios) if ratios else 0.0,
+            "fisher_seconds": self.fisher_seconds[task_id],
+            "task_vector_loaded": float(self.task_vector_loaded[task_id]),
+        }
+        if task_id == self.num_tasks - 1 and self.trainer.is_global_zero:
+            self.alpha_sweep()
+        return scalars
+
+    # ---- curvature ---------------------------------------------------------------------------
+    def _prepare_curvature(self, benchmark, task: int) -> list | None:
+        """The other tasks' factors for task ``task`` (``load_fisher``), or store task ``task``'s own."""
+        if not self.load_fisher:
+            if self.fisher_task_id is None or self.fisher_task_id == task + 1:
+                self.factor_store.factors(benchmark, task)
+            return None
+        if self.reg_lambda == 0:
+            return None  # nothing to weigh: do not pay for factors
+        others = [
+            s for s in range(benchmark.num_tasks) if s != task and (self.fisher_future_tasks or s < task)
+        ]
+        if not others:
+            return None
+        curvature = combined_curvature(
+            lambda s: self.factor_store.factors(benchmark, s), others, self.fisher_ideal
+        )
+        return [
+            (weight, factors.to(dtype=torch.float32, device=self.device)) for weight, factors in curvature
+        ]
+
+    def regularization_loss(self) -> Tensor:
+        """lambda * R(tau): the KFAC penalty of the current update against ``curvature`` (0 without)."""
+        delta = self.weight_delta.materialize()
+        if self.curvature is None:
+            return next(iter(delta.values())).new_zeros(())
+        penalised = {name: delta[name] for name in self.selection.kfac_params}
+        penalised.update(
+            {name: delta[name] for names in self.selection.gram_groups.values() for name in names}
+        )
+        return self.reg_lambda * kfac_penalty(penalised, self.curvature, self.selection.scalers)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def features(self, x: Tensor, delta: Mapping[str, Tensor] | None) -> Tensor:
+        """L2-normalised features of theta_0 + delta (tangent or not); ``delta=None``: theta_0."""
+        output = (
+            self.backbone(x) if delta is None else forward_with_delta(self.backbone, delta, x, self.tangent)
+        )
+        return F.normalize(output, dim=-1)
+
+    def forward(self, x: Tensor, task_id: int) -> Tensor:
+        return self.heads(self.features(x, self.weight_delta.materialize()), task_id)
+
+    def eval_logits(self, x: Tensor, task_id: int) -> Tensor:
+        if not self.evaluate_merged:
+            return self(x, task_id)
+        return self.heads(self.features(x, self._merged_on(x.device)), task_id)
+
+    # ---- training ----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x, labels, task_id = batch
+        features = self.features(x, self.weight_delta.materialize())
+        loss = self.loss(task_head(self.heads, task_id)(features), labels)  # the current task's classes
+        self.manual_backward(loss / self.virtual_bs_n)
+        self._batches_since_step += 1
+        last_batch = batch_idx + 1 == self.trainer.num_training_batches
+        penalty = None
+        if self._batches_since_step == self.virtual_bs_n or last_batch:
+            penalty = self._optimizer_step()
+        if self.is_logging_step(batch_idx):
+            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            if penalty is not None and self.curvature is not None:
+                self.log(f"task_{task_id + 1}/train/penalty", penalty, on_step=True, on_epoch=False)
+        return loss.detach()
+
+    def _optimizer_step(self) -> Tensor:
+        penalty = self.regularization_loss()
+        if self.curvature is not None:
+            self.manual_backward(penalty)
+        optimizer = self.optimizers()
+        if self.clip_grad_norm:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.clip_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        optimizer.zero_grad()
+        self.lr_schedulers().step()
+        self._batches_since_step = 0
+        return penalty.detach()
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.trainable_parameters())
+        batches = self.trainer.estimated_stepping_batches
+        steps = math.ceil(batches / self.virtual_bs_n) if math.isfinite(batches) else 10**9
+        scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler, steps, self.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- task vectors, merging, evaluation ------------------------------------------------------
+    def _merge(self) -> None:
+        device = self.device if self._trainer is not None else None
+        self._merged = merge_task_vectors(
+            self.task_vectors,
+            self.merging,
+            self.alpha_merging,
+            self.tangent,
+            self.dare_p,
+            self.ties_k,
+            device,
+        )
+        self.evaluate_merged = True
+
+    def _merged_on(self, device: torch.device) -> dict[str, Tensor] | None:
+        if self._merged is None:
+            return None  # nothing trained yet: theta_0
+        if next(iter(self._merged.values())).device != device:
+            self._merged = {name: tensor.to(device) for name, tensor in self._merged.items()}
+        return self._merged
+
+    def _accuracy(self, task: int, delta: Mapping[str, Tensor] | None) -> float:
+        def logits(x: Tensor, task_id: int) -> Tensor:
+            return self.heads(self.features(x, delta), task_id)
+
+        return task_accuracy(self._benchmark, task, logits, self.heads.targets, self.device)
+
+    def alpha_sweep(self) -> list[SweepPoint]:
+        """Accuracy of the merge of every task vector per alpha; written as CSV and PNG in the run folder.
+
+        Alpha a stands for ``alpha_merging = a * T`` (the reference's sweep), i.e. a coefficient of a
+        per task vector for ``ta`` / ``dare`` / ``ties``.
+        """
+        count = len(self.task_vectors)
+        points = []
+        for alpha in self.sweep_alphas:
+            merged = merge_task_vectors(
+                self.task_vectors,
+                self.merging,
+                alpha * count,
+                self.tangent,
+                self.dare_p,
+                self.ties_k,
+                self.device,
+            )
+            accuracies = [self._accuracy(task, merged) for task in range(count)]
+            points.append(SweepPoint(alpha, accuracies, list(self.single_task_accuracy[:count])))
+        root = Path(self.trainer.default_root_dir)
+        write_alpha_sweep(
+            points,
+            root / "results" / "alpha_sweep.csv",
+            root / "plots" / "alpha_sweep.png",
+            f"TAK, {self.merging} merge of {count} tasks",
+        )
+        return points
+
+    def _write_frozen_heads(self, benchmark) -> None:
+        if self.frozen_head is None:
+            return
+        if not self._heads_written:
+            # Embed every class name of the sequence once, then free the text tower.
+            self.frozen_head(
+                [name for task in range(benchmark.num_tasks) for name in benchmark.class_names_of(task)]
+            )
+            getattr(self.frozen_head, "release", lambda: None)()
+        for task in range(self.heads.num_tasks_seen):
+            if task not in self._heads_written:
+                weight, bias = self.frozen_head(benchmark.class_names_of(task))
+                head = task_head(self.heads, task)
+                write_frozen_head(head, weight.to(head.weight), bias.to(head.weight))
+                self._heads_written.add(task)
+
+    def _task_vector_path(self, folder: str | Path, task: int) -> Path:
+        return Path(folder) / f"task_{task + 1}.pt"
+
+    def _save_task_vector(self, task: int, vector: dict[str, Tensor]) -> None:
+        """``task_vectors/task_<t>.pt``: readable by ``TaskVector.load``, plus the heads (trainable heads)."""
+        content = {
+            "kind": "linear" if self.tangent else "standard",
+            "vector": vector,
+            "task": task + 1,
+            "heads": {
+                name: tensor.detach().cpu() if isinstance(tensor, Tensor) else tensor
+                for name, tensor in self.heads.state_dict().items()
+            },
+        }
+        torch_save_atomic(
+            self._task_vector_path(Path(self.trainer.default_root_dir) / "task_vectors", task), content
+        )
+
+    def _load_saved_task_vector(self, task: int) -> dict[str, Tensor] | None:
+        path = self._task_vector_path(self.load_path, task)
+        if not path.is_file():
+            log.warning("TAK resume: no task vector for task %d at %s; training it", task + 1, path)
+            return None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        expected_kind = "linear" if self.tangent else "standard"
+        if saved.get("kind") != expected_kind or set(saved.get("vector", {})) != set(self.selection.shapes):
+            raise ValueError(
+                f"{path} holds a {saved.get('kind')} task vector over other parameters than this run's "
+                f"{expected_kind} one: was it saved with the same tangent / ft_* options and backbone?"
+            )
+        self.heads.load_state_dict(saved["heads"])
+        log.info("TAK resume: task %d's vector loaded from %s; its training is skipped", task + 1, path)
+        return saved["vector"]
+
+    # ---- checkpointed state --------------------------------------------------------------------
+    def cl_state_dict(self) -> dict:
+        return {
+            "task_vectors": [dict(vector) for vector in self.task_vectors],
+            "single_task_accuracy": list(self.single_task_accuracy),
+            "fisher_seconds": list(self.fisher_seconds),
+            "task_vector_loaded": [int(flag) for flag in self.task_vector_loaded],
+        }
+
+    def load_cl_state_dict(self, state: dict) -> None:
+        self.task_vectors = [dict(vector) for vector in state["task_vectors"]]
+        self.single_task_accuracy = list(state["single_task_accuracy"])
+        self.fisher_seconds = list(state["fisher_seconds"])
+        self.task_vector_loaded = [bool(flag) for flag in state["task_vector_loaded"]]
+        if self.task_vectors:
+            self._merge()
+
+
+def _set_at(values: list, index: int, value) -> None:
+    """values[index] = value, appending when index is the next position (a resumed task is replaced)."""
+    if index < len(values):
+        values[index] = value
+    elif index == len(values):
+        values.append(value)
+    else:
+        raise IndexError(f"task {index + 1} ended before task {len(values) + 1}")
+
+
+def _check_options(virtual_bs_n, scheduler, reg_lambda, merging, alpha_merging) -> None:
+    if not isinstance(virtual_bs_n, int) or virtual_bs_n < 1:
+        raise ValueError(f"virtual_bs_n must be an integer >= 1, got {virtual_bs_n!r}")
+    if scheduler not in SCHEDULES:
+        raise ValueError(f"scheduler must be one of {SCHEDULES}, got {scheduler!r}")
+    if not reg_lambda >= 0:
+        raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda!r}")
+    check_alpha(alpha_merging)
+    library_alpha(merging, alpha_merging, 1)  # unknown merging method -> error
+
+
+def _check_fisher_and_resume_options(num_tasks, fisher_cache, fisher_task_id, resume, load_path) -> None:
+    if isinstance(fisher_cache, str) and fisher_cache.startswith(REMOTE_PREFIXES):
+        raise ValueError(
+            f"fisher_cache={fisher_cache!r} is remote, and this machine is offline: download the factor files "
+            f"(kfac-*.pt) into a local folder and set algorithm.fisher_cache to it"
+        )
+    if fisher_task_id is not None and not (
+        isinstance(fisher_task_id, int) and 1 <= fisher_task_id <= num_tasks
+    ):
+        raise ValueError(
+            f"fisher_task_id is a task number in 1..{num_tasks} (or null for every task), got {fisher_task_id!r}"
+        )
+    if resume and not load_path:
+        raise ValueError(
+            "algorithm.resume=true needs algorithm.load_path: the task_vectors/ folder of an earlier run"
+        )

@@ -1,0 +1,209 @@
+"""The task loop: one Trainer per task, test on every seen task, results written after each task.
+
+    for t in tasks:
+        benchmark.setup_task(t)            per-task dataloaders
+        algorithm.setup_task(t, classes)   heads grow, masks reset, ...
+        Trainer(...).fit(...)              one Trainer per task, fresh optimizer
+        Trainer(...).test(...)             every seen task, dataloader_idx = task index
+        results + checkpoint written, atomically
+
+Before anything is built the config is validated (``clcore.clrun.preflight``: every problem at once),
+and a run whose output folder holds checkpoints of the same config continues after the last
+finished task (``clcore.clrun.resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from hydra.utils import instantiate
+from lightning import Trainer, seed_everything
+from omegaconf import DictConfig, OmegaConf
+
+from clcore.clrun import resume
+from clcore.algorithms.base import CLAlgorithm
+from clcore.benchmarks.base import CLBenchmark
+from clcore.metrics.results import ContinualResults
+from clcore.utils.atomic import write_json_atomic, write_text_atomic
+from clcore.utils.entry_point_cache import entry_points_looked_up_once
+from clcore.clrun.instantiate import instantiate_group, instantiate_with_defaults
+from clcore.utils.null_profiler import NullProfiler
+from clcore.clrun.preflight import validate_config
+
+log = logging.getLogger(__name__)
+
+
+def build(cfg: DictConfig) -> tuple[CLBenchmark, CLAlgorithm]:
+    """Benchmark and algorithm from the config; loads the data first so a missing file fails fast."""
+    benchmark: CLBenchmark = instantiate(cfg.benchmark)
+    benchmark.load()
+    channels, height, width = benchmark.image_shape
+    backbone = instantiate_with_defaults(
+        cfg.backbone,
+        input_dim=channels * height * width,
+        in_channels=channels,
+        num_tasks=benchmark.num_tasks,
+    )
+    heads = instantiate(cfg.paradigm, input_dim=backbone.output_dim)
+    algorithm = instantiate(
+        cfg.algorithm,
+        backbone=backbone,
+        heads=heads,
+        optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        num_tasks=benchmark.num_tasks,
+    )
+    return benchmark, algorithm
+
+
+def write_results(results: ContinualResults, output_dir: Path) -> None:
+    """``results/acc_matrix.csv`` and ``results/summary.json``, each replaced atomically."""
+    write_text_atomic(output_dir / "results" / "acc_matrix.csv", results.acc_matrix_csv())
+    write_json_atomic(output_dir / "results" / "summary.json", results.summary())
+
+
+def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int) -> None:
+    """Accuracy-matrix row, average accuracy and BWT to every logger at step = tasks done.
+
+    Row t of R appears twice: ``acc_matrix/after_task_<t>/task_<j>`` (one value per cell) and
+    ``task_<j>/test/acc`` (one curve per task j across the sequence: its forgetting curve).
+    """
+    if not trainer.loggers:
+        return
+    summary = results.summary()
+    row = results.acc_matrix[task_id, : task_id + 1].tolist()
+    metrics = {f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": acc for j, acc in enumerate(row)}
+    metrics.update({f"task_{j + 1}/test/acc": acc for j, acc in enumerate(row)})
+    metrics["average_accuracy"] = summary["average_accuracy"]
+    if summary["bwt"] is not None:
+        metrics["bwt"] = summary["bwt"]
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=task_id + 1)
+        # the Trainer that would save these has finished: write them now (the CSV file, TensorBoard's buffer)
+        logger.save()
+
+
+def _call(callbacks: list, hook: str, *args) -> None:
+    for callback in callbacks:
+        method = getattr(callback, hook, None)
+        if callable(method):
+            method(*args)
+
+
+def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> ContinualResults:
+    """Run the whole task sequence described by ``cfg`` and return its results.
+
+    ``extra_callbacks`` are added to the configured ones (for programmatic use: notebooks,
+    benchmarks, tests that need the callback object afterwards).
+    """
+    # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    _use_cached_cuda_check()
+    validate_config(cfg)  # before anything is written: a refused run leaves the folder as it was
+    output_dir = Path(cfg.paths.output_dir)
+    resume_from, _ = resume.resume_plan(cfg)
+    config_digest = resume.config_hash(cfg)
+    seed_everything(cfg.seed, workers=True, verbose=False)
+    benchmark, algorithm = build(cfg)
+    untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
+    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
+    results = ContinualResults(benchmark.num_tasks)
+    if resume_from is not None:
+        # Also restores the RNG states saved after that task: the next task starts as it would have.
+        results = resume.restore(resume.read_checkpoint(resume_from), algorithm, untrained, callbacks)
+        log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+    else:
+        resume.clear_previous_run(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    loggers = instantiate_group(cfg.get("logger"))
+
+    # The config is resolved into a Trainer factory once; each task then only constructs a Trainer.
+    new_trainer = instantiate(
+        cfg.trainer,
+        _partial_=True,
+        callbacks=callbacks,
+        logger=loggers or False,
+        default_root_dir=str(output_dir),
+        # Lightning's default pass-through profiler still costs a context manager per hook call
+        **({"profiler": NullProfiler()} if cfg.trainer.get("profiler") is None else {}),
+        # without a validation split there is nothing to validate (and no empty-loader warning)
+        **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
+    )
+
+    # One Trainer per task; the installed packages' entry points are read for the first only.
+    with entry_points_looked_up_once():
+        trainer = None
+        for task_id in range(results.tasks_done, benchmark.num_tasks):
+            started = time.perf_counter()
+            benchmark.setup_task(task_id)
+            algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
+            trainer = new_trainer()
+            if untrained is not None and task_id > 0:
+                _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
+            trainer.fit(algorithm, datamodule=benchmark)
+            trainer.test(algorithm, datamodule=benchmark, verbose=False)
+            results.record_row(task_id, algorithm.last_test_accuracy)
+            for name, value in algorithm.on_task_end(task_id).items():
+                results.record_extra(task_id, name, value)
+            results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
+            if trainer.is_global_zero:
+                write_results(results, output_dir)
+            _log_task_summary(trainer, results, task_id)
+            _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
+            # Last, so the saved RNG state is the one the next task starts from.
+            if trainer.is_global_zero and cfg.save_checkpoints:
+                resume.save_checkpoint(
+                    output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
+                )
+            log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
+        if (
+            trainer is None
+        ):  # resumed after the last task: nothing to train, the end-of-run callbacks still run
+            trainer = new_trainer()
+        _call(callbacks, "on_sequence_end", trainer, algorithm, results)
+    return results
+
+
+def _use_cached_cuda_check() -> None:
+    """Undo Lightning's ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on machines without a GPU.
+
+    Lightning sets it on import so that forked DataLoader workers never see an initialised CUDA.
+    With a CUDA build of torch and no GPU, torch then re-opens NVML in every
+    ``torch.cuda.is_available()``, which ``torch.optim.Adam`` calls on every step (~0.5 ms per
+    step measured here). Without a GPU there is no CUDA state a fork could poison, and clcore's
+    in-memory loaders fork no workers; with a GPU the setting is left alone.
+    """
+    import torch
+
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
+def _row_text(results: ContinualResults, task_id: int) -> str:
+    return " ".join(f"{100 * v:.1f}" for v in results.acc_matrix[task_id, : task_id + 1].tolist())
+
+
+def _copy_for_zero_shot(algorithm: CLAlgorithm) -> CLAlgorithm:
+    """The randomly initialised model, kept to measure b_j for forward transfer (GEM Sec. 2)."""
+    import copy
+
+    return copy.deepcopy(algorithm)
+
+
+def _zero_shot_eval(
+    trainer, algorithm, untrained, benchmark, results: ContinualResults, task_id: int
+) -> None:
+    """R[j-1, j] (current model, before training task j) and b_j (untrained model) on task j."""
+    benchmark.test_tasks = [task_id]
+    for model, target in ((algorithm, results.acc_before_training), (untrained, results.acc_untrained)):
+        if model is untrained:
+            for t in range(untrained.heads.num_tasks_seen, task_id + 1):
+                untrained.setup_task(t, benchmark.num_classes_of(t))
+        trainer.test(model, datamodule=benchmark, verbose=False)
+        target[task_id] = float(model.last_test_accuracy[task_id])
+    benchmark.test_tasks = None

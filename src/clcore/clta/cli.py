@@ -1,0 +1,26 @@
+"""``clta``: the Hydra entry point of the task-arithmetic protocol. ``clta --help`` lists the config groups.
+
+Its own config tree, ``clcore/configs/ta`` (primary config ``task_arithmetic.yaml``; groups
+``model``, ``dataset``, ``experiment``), so that ``clta experiment=...`` and ``clrun experiment=...``
+never see each other's options.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="pkg://clcore.configs.ta", config_name="task_arithmetic")
+def main(cfg: DictConfig) -> float | None:
+    # Imported here so that `clta --help` and config errors answer before torch loads.
+    from clcore.clta import run_protocol
+
+    results = run_protocol(cfg)
+    # What a Hydra sweeper optimises: the normalised task-addition accuracy of the first mode's first method.
+    first_mode = next(iter(results["modes"].values()))
+    return next(iter(first_mode["addition"].values()))["normalized"]
+
+
+if __name__ == "__main__":
+    main()

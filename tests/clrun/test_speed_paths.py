@@ -1,0 +1,155 @@
+"""The shortcuts taken for speed (issue 4) keep Lightning's behaviour: same objects, same logs."""
+
+import csv
+
+import pytest
+import torch
+from lightning import Callback, Trainer
+from lightning.fabric.utilities import registry
+from lightning.pytorch.profilers import SimpleProfiler
+from torch import nn
+
+from clcore.clrun.task_loop import build, run_sequence
+from clcore.utils.entry_point_cache import entry_points_looked_up_once
+from clcore.utils.null_profiler import NullProfiler
+
+
+class _Marker(Callback):
+    """What an installed package's ``lightning.pytorch.callbacks_factory`` entry point returns."""
+
+
+class _FakeEntryPoint:
+    name = "fake"
+
+    def load(self):
+        return _Marker
+
+
+def test_entry_points_are_read_once_per_block_and_every_trainer_gets_fresh_callbacks(monkeypatch):
+    reads = []
+
+    def entry_points(*, group):
+        reads.append(group)
+        return [_FakeEntryPoint()] if group == "lightning.pytorch.callbacks_factory" else []
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    with entry_points_looked_up_once():
+        trainers = [Trainer(**quiet) for _ in range(3)]
+    assert reads == ["lightning.pytorch.callbacks_factory"]  # one read for three Trainers
+    markers = [next(c for c in t.callbacks if isinstance(c, _Marker)) for t in trainers]
+    assert len({id(m) for m in markers}) == 3  # the factory still ran for each Trainer
+    assert registry.entry_points is entry_points  # restored after the block
+    Trainer(**quiet)
+    assert len(reads) == 2  # outside the block Lightning reads them again
+
+
+def test_null_profiler_is_the_default_and_a_configured_profiler_wins(make_config):
+    seen = {}
+
+    class Spy(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen.setdefault("profilers", []).append(trainer.profiler)
+
+    run_sequence(make_config("benchmark.num_tasks=1", "trainer.max_epochs=1"), extra_callbacks=[Spy()])
+    assert type(seen["profilers"][-1]) is NullProfiler
+    with seen["profilers"][-1].profile("anything") as entered:  # a working context manager
+        assert entered is None
+
+    seen.clear()
+    run_sequence(
+        make_config(
+            "benchmark.num_tasks=1", "trainer.max_epochs=1", "trainer.profiler=simple", subdir="simple"
+        ),
+        extra_callbacks=[Spy()],
+    )
+    assert isinstance(seen["profilers"][-1], SimpleProfiler)
+
+
+def test_plain_attributes_bypass_the_module_registry_but_modules_still_register(make_config):
+    _, algorithm = build(make_config())
+    algorithm._current_fx_name = "training_step"
+    assert algorithm.__dict__["_current_fx_name"] == "training_step"
+    algorithm._loss_sum_since_check = torch.tensor(2.5)
+    assert "_loss_sum_since_check" not in algorithm._buffers
+    algorithm.extra_layer = nn.Linear(2, 2)  # any other name takes nn.Module's path
+    assert "extra_layer" in algorithm._modules
+    assert any(name.startswith("extra_layer.") for name, _ in algorithm.named_parameters())
+
+
+def test_batch_transfer_moves_both_tensors_and_keeps_the_task_id(make_config):
+    benchmark, _ = build(make_config())
+    benchmark.setup_task(0)
+    images, labels, task_id = next(iter(benchmark.train_dataloader()))
+    same = benchmark.transfer_batch_to_device((images, labels, task_id), torch.device("cpu"), 0)
+    assert same[0] is images and same[1] is labels and same[2] == task_id  # already there: no copy
+    moved = benchmark.transfer_batch_to_device((images, labels, task_id), torch.device("meta"), 0)
+    assert moved[0].device.type == "meta" and moved[1].device.type == "meta"
+    assert moved[0].shape == images.shape and moved[0].dtype == images.dtype and moved[2] == task_id
+
+
+@pytest.mark.slow
+def test_test_accuracy_curves_are_the_accuracy_matrix_columns(make_config, tmp_path):
+    # zero-shot tests run the untrained model too: they must not reach task_<j>/test/acc
+    cfg = make_config("benchmark.num_tasks=3", "trainer.max_epochs=1", "logger=csv", "eval.zero_shot=true")
+    results = run_sequence(cfg)
+    with open(tmp_path / "run" / "logs" / "metrics.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    for j in range(3):
+        curve = [
+            (int(r["step"]), float(r[f"task_{j + 1}/test/acc"])) for r in rows if r[f"task_{j + 1}/test/acc"]
+        ]
+        # one point per task done since task j, at step = tasks done, equal to R[t, j]
+        expected = [(t + 1, pytest.approx(float(results.acc_matrix[t, j]))) for t in range(j, 3)]
+        assert curve == expected
+
+
+@pytest.mark.parametrize(
+    "losses, stops",
+    [
+        ([1.0, 2.0, 3.0], False),
+        ([1.0, float("inf"), 2.0], True),
+        ([float("inf"), float("-inf"), 1.0], True),  # the sum is NaN: still caught
+        ([2.0, float("nan"), 1.0], True),
+    ],
+)
+def test_running_loss_sum_catches_any_nonfinite_loss_at_the_check(make_config, losses, stops):
+    from types import SimpleNamespace
+
+    from clcore.algorithms.base import NonFiniteLossError
+
+    _, algorithm = build(make_config())
+    algorithm.setup_task(0, 10)
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision)
+    algorithm._trainer = SimpleNamespace(num_training_batches=len(losses), strategy=strategy)
+    feed = [
+        torch.tensor(loss, dtype=torch.float16 if i == 0 else torch.float32) for i, loss in enumerate(losses)
+    ]
+    for batch_idx, loss in enumerate(feed[:-1]):  # no check before the epoch's last batch
+        algorithm.on_train_batch_end(loss, None, batch_idx)
+    if stops:
+        with pytest.raises(NonFiniteLossError, match=f"batches 1..{len(losses)}"):
+            algorithm.on_train_batch_end(feed[-1], None, len(losses) - 1)
+    else:
+        algorithm.on_train_batch_end(feed[-1], None, len(losses) - 1)
+    assert algorithm._loss_sum_since_check is None  # read and reset at the check
+
+
+def test_normalise_in_place_is_bit_identical_to_the_formula_and_leaves_the_data_alone(make_config):
+    benchmark, _ = build(make_config())
+    benchmark.setup_task(0)
+    images = next(iter(benchmark.test_dataloader()[0]))[0]
+    before = images.clone()
+    mean, std = benchmark._mean, benchmark._std
+    assert torch.equal(benchmark.normalise(images), (images.float() / 255.0 - mean) / std)
+    assert torch.equal(images, before)  # the stored uint8 pixels are untouched
+
+
+def test_a_source_with_float_images_is_refused_with_what_to_do():
+    from clcore.benchmarks.sources import ImageData
+
+    good = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"uint8 tensor \[N, C, H, W\]"):
+        ImageData("mine", good.float(), torch.zeros(4), good, torch.zeros(4), 10, (0.5,), (0.2,))
+    with pytest.raises(ValueError, match="4 test images but 3 labels"):
+        ImageData("mine", good, torch.zeros(4), good, torch.zeros(3), 10, (0.5,), (0.2,))

@@ -1,0 +1,113 @@
+"""End-to-end runs of the real configs with tiny overrides, and what they must show."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from clcore.clrun.task_loop import build, run_sequence
+from tests.helpers import BackboneSnapshots
+
+pytestmark = pytest.mark.slow
+
+
+def read_matrix(output_dir):
+    with open(output_dir / "results" / "acc_matrix.csv") as stream:
+        return list(csv.reader(stream))
+
+
+def test_default_run_writes_every_result_file(make_config, tmp_path):
+    cfg = make_config("benchmark.num_tasks=3", "callbacks=default", "logger=csv", quiet=False)
+    cfg.trainer.enable_progress_bar = False
+    run_sequence(cfg)
+    out = tmp_path / "run"
+    rows = read_matrix(out)
+    assert rows[0] == ["after_task", "task_1", "task_2", "task_3"]
+    assert [len(r) for r in rows] == [4, 4, 4, 4] and rows[1][2:] == ["", ""] and rows[3][3] != ""
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert summary["tasks_done"] == 3 and len(summary["average_accuracy_per_task"]) == 3
+    assert summary["bwt"] is not None and len(summary["forgetting_per_task"]) == 2
+    for name in ("config.yaml", "plots/acc_matrix.png", "plots/average_accuracy.png", "logs/metrics.csv"):
+        assert (out / name).is_file(), name
+    checkpoint = torch.load(out / "checkpoints" / "task_3.ckpt", weights_only=True)
+    assert checkpoint["task_id"] == 2 and "backbone.layers.1.weight" in checkpoint["state_dict"]
+    logged = (out / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "task_1/train/loss" in logged and "task_3/test/acc" in logged and "average_accuracy" in logged
+
+
+def test_finetuning_forgets_on_permuted_digits(make_config):
+    results = run_sequence(make_config("benchmark.num_tasks=4", "trainer.max_epochs=4"))
+    summary = results.summary()
+    assert summary["bwt"] < -0.10, summary  # clearly negative: earlier tasks lose > 10 points
+    assert min(results.acc_matrix.diagonal().tolist()) > 0.6  # each task was learnt when trained
+
+
+def test_fix_freezes_backbone_bit_identically_and_heads_still_learn(make_config):
+    # The snapshot callback is added purely from the command line, as a researcher would.
+    cfg = make_config(
+        "algorithm=fix",
+        "benchmark.num_tasks=3",
+        "trainer.max_epochs=3",
+        "backbone.batch_norm=true",
+        "+callbacks.snap._target_=tests.helpers.BackboneSnapshots",
+    )
+    BackboneSnapshots.taken.clear()
+    results = run_sequence(cfg)
+    after_task_1, *later_tasks = BackboneSnapshots.taken
+    assert len(later_tasks) == 2
+    for later in later_tasks:
+        for name, tensor in after_task_1.items():  # parameters and batch-norm statistics
+            assert torch.equal(tensor, later[name]), f"{name} changed after task 1"
+    # heads of later tasks still train: accuracy far above chance (10 classes -> 10%)
+    assert min(results.acc_matrix.diagonal().tolist()[1:]) > 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "paradigm"),
+    [
+        (["experiment=finetuning_pmnist", "benchmark.source=digits", "benchmark.num_tasks=2"], "til"),
+        (["experiment=fix_pmnist", "benchmark.source=digits", "benchmark.num_tasks=2"], "til"),
+        (["experiment=finetuning_split_mnist", "benchmark.source=digits", "benchmark.num_tasks=3"], "cil"),
+        (["experiment=finetuning_rotated_mnist", "benchmark.source=digits", "benchmark.num_tasks=3"], "dil"),
+    ],
+)
+def test_real_experiment_configs_run(make_config, overrides, paradigm):
+    cfg = make_config(*overrides, "trainer.max_epochs=1")
+    results = run_sequence(cfg)
+    assert cfg.paradigm._target_.lower().endswith(paradigm) or paradigm in cfg.paradigm._target_.lower()
+    assert results.tasks_done == cfg.benchmark.num_tasks
+    assert not torch.isnan(results.trained.tril()).any()
+
+
+def test_cil_run_predicts_over_all_seen_classes(make_config):
+    cfg = make_config(
+        "experiment=finetuning_split_mnist",
+        "benchmark.source=digits",
+        "benchmark.num_tasks=3",
+        "trainer.max_epochs=3",
+    )
+    results = run_sequence(cfg)
+    # Finetuning in CIL: the newest task's classes dominate; old tasks collapse (well-known result)
+    assert results.acc_matrix[2, 2] > 0.8
+    assert results.acc_matrix[2, 0] < 0.3
+
+
+def test_same_seed_gives_the_same_matrix(make_config):
+    first = run_sequence(make_config("benchmark.num_tasks=2", "seed=5", subdir="a"))
+    second = run_sequence(make_config("benchmark.num_tasks=2", "seed=5", subdir="b"))
+    third = run_sequence(make_config("benchmark.num_tasks=2", "seed=6", subdir="c"))
+    torch.testing.assert_close(first.trained, second.trained, rtol=0, atol=0, equal_nan=True)
+    assert not torch.allclose(first.trained.nan_to_num(), third.trained.nan_to_num())
+
+
+def test_unsupported_paradigm_fails_before_training(make_config):
+    from clcore.algorithms import CLAlgorithm
+
+    class TILOnly(CLAlgorithm):
+        supported_paradigms = ("til",)
+
+    cfg = make_config("paradigm=cil")
+    benchmark, algorithm = build(cfg)
+    with pytest.raises(ValueError, match="does not support paradigm 'cil'"):
+        TILOnly(algorithm.backbone, algorithm.heads, algorithm.optimizer_factory, num_tasks=2)
