@@ -362,5 +362,5 @@ def test_algorithm_refuses_the_wrong_backbone_when_built_directly(make_config):
     from tests.helpers import NeedsSpecialBackbone
 
     _, algorithm = build(make_config())
-    with pytest.raises(ValueError, match="needs a SpecialMLP backbone, got MLP"):
+    with pytest.raises(ValueError, match="needs a backbone that is a SpecialMLP, but the backbone is a MLP"):
         NeedsSpecialBackbone(algorithm.backbone, algorithm.heads, algorithm.optimizer_factory, num_tasks=2)

@@ -10,8 +10,8 @@ from lightning.pytorch.profilers import SimpleProfiler
 from torch import nn
 
 from clcore.clrun.task_loop import build, run_sequence
-from clcore.utils.entry_point_cache import entry_points_looked_up_once
-from clcore.utils.null_profiler import NullProfiler
+from clcore import lightning_speed
+from clcore.lightning_speed import NullProfiler, entry_points_looked_up_once
 
 
 class _Marker(Callback):
@@ -153,3 +153,35 @@ def test_a_source_with_float_images_is_refused_with_what_to_do():
         ImageData("mine", good.float(), torch.zeros(4), good, torch.zeros(4), 10, (0.5,), (0.2,))
     with pytest.raises(ValueError, match="4 test images but 3 labels"):
         ImageData("mine", good, torch.zeros(4), good, torch.zeros(3), 10, (0.5,), (0.2,))
+
+
+@pytest.mark.parametrize("version", ["2.3.0", "2.7.0", "3.0.0", "not-a-version"])
+def test_speedups_fall_back_to_plain_lightning_outside_the_tested_releases(monkeypatch, version):
+    """A Lightning whose internals may have changed gets Lightning's own behaviour, untouched."""
+    assert lightning_speed.speedups_apply()  # the installed release is a tested one
+    assert not lightning_speed.speedups_apply(version)
+    monkeypatch.setattr(lightning_speed.lightning, "__version__", version)
+    original = registry.entry_points
+    with entry_points_looked_up_once():
+        assert registry.entry_points is original  # not replaced by the cached lookup
+    assert lightning_speed.default_profiler() == {}  # Trainer keeps Lightning's default profiler
+    assert lightning_speed.per_step_attributes() == frozenset()
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    lightning_speed.use_cached_cuda_check()
+    assert lightning_speed.os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+
+
+def test_plain_lightning_variable_switches_every_speedup_off(monkeypatch, make_config):
+    seen = {}
+
+    class Spy(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen["profiler"] = trainer.profiler
+
+    fast = run_sequence(make_config("benchmark.num_tasks=2", "trainer.max_epochs=1", subdir="plain"))
+    assert fast.tasks_done == 2
+    monkeypatch.setenv(lightning_speed.PLAIN_LIGHTNING_VARIABLE, "1")
+    assert not lightning_speed.speedups_apply()
+    plain = run_sequence(make_config("benchmark.num_tasks=2", "trainer.max_epochs=1", subdir="plain2"), [Spy()])
+    assert type(seen["profiler"]) is not NullProfiler
+    assert torch.equal(fast.acc_matrix.nan_to_num(-1), plain.acc_matrix.nan_to_num(-1))  # same numbers

@@ -109,5 +109,5 @@ def test_unsupported_paradigm_fails_before_training(make_config):
 
     cfg = make_config("paradigm=cil")
     benchmark, algorithm = build(cfg)
-    with pytest.raises(ValueError, match="does not support paradigm 'cil'"):
+    with pytest.raises(ValueError, match="does not support paradigm=cil"):
         TILOnly(algorithm.backbone, algorithm.heads, algorithm.optimizer_factory, num_tasks=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,9 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from clcore.backbones.base import CLBackbone
+from clcore.config_rules import raise_if_problems
 from clcore.heads.base import CLHeads
+from clcore.lightning_speed import per_step_attributes
 from clcore.metrics.task_accuracy import TaskAccuracy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -36,23 +39,27 @@ class CLAlgorithm(LightningModule):
         optimizer: a factory ``optimizer(params=...)`` (Hydra ``_partial_: true``); a fresh
             optimizer is built for every task, as in the papers (HAT Sec. 3; GEM Sec. 5).
         lr_scheduler: optional factory ``lr_scheduler(optimizer=...)``.
+        options: the subclass's own keyword arguments, checked with the setting by
+            ``config_problems`` (every problem at once, as the pre-flight check reports them).
         num_tasks: length of the task sequence (sizes the per-task accuracy state).
         log_every_n_steps: how often the training loss reaches the loggers; logging every step
             costs a host-device synchronisation, so it is sparse by default.
     """
 
     supported_paradigms: tuple[str, ...] = ("til", "cil", "dil")
+    # Why the others are not supported, in the words of the paper (shown with the refusal).
+    paradigm_reason: str = ""
     # The backbone class this algorithm needs (e.g. HAT: a mask backbone); checked by
     # ``clcore.clrun.preflight`` from the config, before anything is built, and again here.
     required_backbone_type: type | None = None
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.
     nonfinite_check_every_n_steps: int = 50
-    # Attributes assigned many times a step that never hold a parameter, buffer or submodule;
-    # ``__setattr__`` stores them directly (see there).
+    # clcore's own attributes assigned every step; with Lightning's per-step ones
+    # (``clcore.lightning_speed``) ``__setattr__`` stores them directly (see there).
     _PLAIN_ATTRIBUTES = frozenset(
-        {"_current_fx_name", "_loss_sum_since_check", "_train_batches_this_task", "_train_batches_checked"}
-    )
+        {"_loss_sum_since_check", "_train_batches_this_task", "_train_batches_checked"}
+    ) | per_step_attributes()
 
     def __setattr__(self, name: str, value) -> None:
         """Plain per-step attributes skip ``nn.Module.__setattr__``'s registry checks.
@@ -75,18 +82,12 @@ class CLAlgorithm(LightningModule):
         num_tasks: int,
         lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_monitor: str = "val/loss",
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if heads.paradigm not in self.supported_paradigms:
-            raise ValueError(
-                f"{type(self).__name__} does not support paradigm '{heads.paradigm}': it supports "
-                f"{', '.join(self.supported_paradigms)}. Choose paradigm={self.supported_paradigms[0]} "
-                f"or another algorithm."
-            )
-        if self.required_backbone_type is not None and not isinstance(backbone, self.required_backbone_type):
-            raise ValueError(
-                f"{type(self).__name__} needs a {self.required_backbone_type.__name__} backbone, got {type(backbone).__name__}"
-            )
+        raise_if_problems(
+            self.config_problems(options or {}, paradigm=heads.paradigm, backbone_type=type(backbone))
+        )
         if heads.input_dim != backbone.output_dim:
             raise ValueError(
                 f"heads take {heads.input_dim}-d features but the backbone outputs {backbone.output_dim}"
@@ -104,6 +105,39 @@ class CLAlgorithm(LightningModule):
         self._loss_sum_since_check: Tensor | None = None
         self._train_batches_this_task = 0
         self._train_batches_checked = 0
+
+    # ---- the rules: one place, read by the constructor and by clrun's pre-flight check ---------
+    @classmethod
+    def config_problems(
+        cls,
+        options: Mapping[str, Any],
+        *,
+        paradigm: str | None = None,
+        backbone_type: type | None = None,
+    ) -> list[str]:
+        """Every problem with this algorithm in this setting, each with its fix (``clcore.config_rules``).
+
+        ``options`` are the algorithm's own keyword arguments as plain data (the config's
+        ``algorithm.*`` keys, or what a subclass's constructor received; a key may be absent
+        and then takes its default); ``paradigm`` and ``backbone_type`` are the heads' paradigm
+        and the backbone class, where known. A subclass with options of its own extends this
+        and returns ``super().config_problems(...)`` plus its own problems; the constructor
+        raises them all at once, and the pre-flight check reports them before anything is built.
+        """
+        problems = []
+        if paradigm is not None and paradigm not in cls.supported_paradigms:
+            problems.append(
+                f"algorithm {cls.__name__} does not support paradigm={paradigm}: it supports "
+                f"{', '.join(cls.supported_paradigms)}{' (' + cls.paradigm_reason + ')' if cls.paradigm_reason else ''}. "
+                f"Use paradigm={cls.supported_paradigms[0]} or another algorithm"
+            )
+        required = cls.required_backbone_type
+        if required is not None and backbone_type is not None and not issubclass(backbone_type, required):
+            problems.append(
+                f"algorithm {cls.__name__} needs a backbone that is a {required.__name__}, but the backbone "
+                f"is a {backbone_type.__name__}: choose a backbone config whose _target_ is a {required.__name__} subclass"
+            )
+        return problems
 
     @property
     def paradigm(self) -> str:

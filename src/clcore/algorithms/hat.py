@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
 from clcore.backbones.hat_mask import EMBEDDING_INIT_MODES, HATMaskBackbone, units_used
+from clcore.config_rules import is_number
 from clcore.heads.base import CLHeads
 
 ADJUSTMENT_MODES = ("hat", "hat_random", "hat_const_alpha", "hat_const_1")
@@ -137,7 +138,32 @@ class HAT(CLAlgorithm):
     """
 
     supported_paradigms = ("til",)
+    paradigm_reason = "HAT needs the task id at test time to select that task's mask (Serra et al. 2018, Sec. 2.2)"
+    # Masks live on the layers of a HATMaskBackbone (e.g. HATMaskMLP, HATMaskResNet18).
     required_backbone_type = HATMaskBackbone
+
+    @classmethod
+    def config_problems(cls, options, *, paradigm=None, backbone_type=None) -> list[str]:
+        """The setting's rules (``CLAlgorithm``) and HAT's own options."""
+        problems = super().config_problems(options, paradigm=paradigm, backbone_type=backbone_type)
+        choices = {
+            "adjustment_mode": ADJUSTMENT_MODES,
+            "mask_sparsity_reg_mode": MASK_SPARSITY_REG_MODES,
+            "embedding_init": EMBEDDING_INIT_MODES,
+        }
+        for key, allowed in choices.items():
+            if key in options and options[key] not in allowed:
+                problems.append(f"algorithm.{key}={options[key]!r}: choose one of {', '.join(allowed)}")
+        if options.get("adjustment_mode") == "hat_const_alpha" and options.get("adjustment_alpha") is None:
+            problems.append(
+                "algorithm.adjustment_mode=hat_const_alpha needs algorithm.adjustment_alpha (the constant rate)"
+            )
+        s_max = options.get("s_max", 400.0)
+        if not is_number(s_max) or s_max < 1:
+            problems.append(
+                f"algorithm.s_max={s_max!r}: must be a number >= 1 (the anneal runs from 1/s_max up to s_max)"
+            )
+        return problems
 
     def __init__(
         self,
@@ -156,34 +182,18 @@ class HAT(CLAlgorithm):
         embedding_clamp: float = 6.0,
         embedding_init: str = "N01",
     ) -> None:
-        if heads.paradigm not in self.supported_paradigms:
-            raise ValueError(
-                f"HAT needs the task id at test time to select that task's mask (Serra et al. 2018, "
-                f"Sec. 2.2), so it supports paradigm=til only, got '{heads.paradigm}'. Use paradigm=til, "
-                f"or an algorithm that supports {heads.paradigm}."
-            )
-        if not isinstance(backbone, HATMaskBackbone):
-            raise ValueError(
-                f"HAT needs a HATMaskBackbone (e.g. HATMaskMLP, HATMaskResNet18) whose layers carry "
-                f"task masks, got {type(backbone).__name__}."
-            )
+        options = dict(
+            s_max=s_max,
+            mask_sparsity_reg_mode=mask_sparsity_reg_mode,
+            adjustment_mode=adjustment_mode,
+            adjustment_alpha=adjustment_alpha,
+            embedding_init=embedding_init,
+        )
+        super().__init__(backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor, options)
         if backbone.num_tasks < num_tasks:
             raise ValueError(
                 f"the HAT backbone has room for {backbone.num_tasks} tasks but the run has {num_tasks}"
             )
-        if adjustment_mode not in ADJUSTMENT_MODES:
-            raise ValueError(f"adjustment_mode must be one of {ADJUSTMENT_MODES}, got {adjustment_mode!r}")
-        if adjustment_mode == "hat_const_alpha" and adjustment_alpha is None:
-            raise ValueError("adjustment_mode 'hat_const_alpha' needs adjustment_alpha")
-        if mask_sparsity_reg_mode not in MASK_SPARSITY_REG_MODES:
-            raise ValueError(
-                f"mask_sparsity_reg_mode must be one of {MASK_SPARSITY_REG_MODES}, got {mask_sparsity_reg_mode!r}"
-            )
-        if embedding_init not in EMBEDDING_INIT_MODES:
-            raise ValueError(f"embedding_init must be one of {EMBEDDING_INIT_MODES}, got {embedding_init!r}")
-        if s_max < 1:
-            raise ValueError(f"s_max must be >= 1 (the anneal runs from 1/s_max up to s_max), got {s_max}")
-        super().__init__(backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor)
         self.backbone: HATMaskBackbone
         self.s_max = float(s_max)
         self.mask_sparsity_reg_factor = mask_sparsity_reg_factor

@@ -15,7 +15,6 @@ finished task (``clcore.clrun.resume``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -28,9 +27,8 @@ from clcore.algorithms.base import CLAlgorithm
 from clcore.benchmarks.base import CLBenchmark
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import write_json_atomic, write_text_atomic
-from clcore.utils.entry_point_cache import entry_points_looked_up_once
 from clcore.clrun.instantiate import instantiate_group, instantiate_with_defaults
-from clcore.utils.null_profiler import NullProfiler
+from clcore.lightning_speed import default_profiler, entry_points_looked_up_once, use_cached_cuda_check
 from clcore.clrun.preflight import validate_config
 
 log = logging.getLogger(__name__)
@@ -101,7 +99,7 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     """
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    _use_cached_cuda_check()
+    use_cached_cuda_check()
     validate_config(cfg)  # before anything is written: a refused run leaves the folder as it was
     output_dir = Path(cfg.paths.output_dir)
     resume_from, _ = resume.resume_plan(cfg)
@@ -130,7 +128,7 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         logger=loggers or False,
         default_root_dir=str(output_dir),
         # Lightning's default pass-through profiler still costs a context manager per hook call
-        **({"profiler": NullProfiler()} if cfg.trainer.get("profiler") is None else {}),
+        **(default_profiler() if cfg.trainer.get("profiler") is None else {}),
         # without a validation split there is nothing to validate (and no empty-loader warning)
         **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
     )
@@ -167,21 +165,6 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             trainer = new_trainer()
         _call(callbacks, "on_sequence_end", trainer, algorithm, results)
     return results
-
-
-def _use_cached_cuda_check() -> None:
-    """Undo Lightning's ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` on machines without a GPU.
-
-    Lightning sets it on import so that forked DataLoader workers never see an initialised CUDA.
-    With a CUDA build of torch and no GPU, torch then re-opens NVML in every
-    ``torch.cuda.is_available()``, which ``torch.optim.Adam`` calls on every step (~0.5 ms per
-    step measured here). Without a GPU there is no CUDA state a fork could poison, and clcore's
-    in-memory loaders fork no workers; with a GPU the setting is left alone.
-    """
-    import torch
-
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
-        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
 
 def _row_text(results: ContinualResults, task_id: int) -> str:

@@ -58,20 +58,20 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from clcore.algorithms.base import CLAlgorithm
 from clcore.algorithms.tak.alpha_sweep import SweepPoint, write_alpha_sweep
+from clcore.algorithms.tak.clip_kfac_ready import make_kfac_ready
 from clcore.algorithms.tak.evaluation import task_accuracy
 from clcore.algorithms.tak.factors import TaskFactorStore, combined_curvature, samples_for_factors
+from clcore.algorithms.tak.fisher_cache import REMOTE_PREFIXES
 from clcore.algorithms.tak.heads import task_head, write_frozen_head
+from clcore.algorithms.tak.kfac_penalty import kfac_penalty
 from clcore.algorithms.tak.merging import check_alpha, library_alpha, merge_task_vectors, sweep_values
 from clcore.algorithms.tak.parameters import select_parameters
 from clcore.algorithms.tak.schedule import SCHEDULES, lr_multiplier
+from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
 from clcore.backbones.base import CLBackbone
 from clcore.backbones.clip import CLIPVisualBackbone
 from clcore.heads.base import CLHeads
 from clcore.heads.dil import HeadDIL
-from clcore.algorithms.tak.clip_kfac_ready import make_kfac_ready
-from clcore.algorithms.tak.fisher_cache import REMOTE_PREFIXES
-from clcore.algorithms.tak.kfac_penalty import kfac_penalty
-from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
 from clcore.utils.atomic import torch_save_atomic
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from clcore.algorithms.tak.parameters import TAKParameters
-from clcore.benchmarks.base import CLBenchmark
-from clcore.benchmarks.tensor_loader import TensorBatchLoader
 from clcore.algorithms.tak.fisher_cache import cache_file, load_or_compute_factors
 from clcore.algorithms.tak.kfac import KFACFactors, compute_kfac_factors
 from clcore.algorithms.tak.kfac_penalty import accumulate_factors
+from clcore.algorithms.tak.parameters import TAKParameters
+from clcore.benchmarks.base import CLBenchmark
+from clcore.benchmarks.tensor_loader import TensorBatchLoader
 
 log = logging.getLogger(__name__)
 
