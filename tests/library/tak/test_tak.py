@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from clcore.algorithms.tak.algorithm import TAK
 from clcore.algorithms.tak.factors import combined_curvature
 from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
-from clcore.algorithms.tak.schedule import lr_multiplier
+from clcore.utils.lr_schedules import lr_multiplier
 from clcore.backbones.mlp import MLP
 from clcore.benchmarks import SplitBenchmark
 from clcore.callbacks.base import CLCallback

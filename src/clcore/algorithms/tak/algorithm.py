@@ -66,7 +66,7 @@ from clcore.algorithms.tak.heads import task_head, write_frozen_head
 from clcore.algorithms.tak.kfac_penalty import kfac_penalty
 from clcore.algorithms.tak.merging import check_alpha, library_alpha, merge_task_vectors, sweep_values
 from clcore.algorithms.tak.parameters import select_parameters
-from clcore.algorithms.tak.schedule import SCHEDULES, lr_multiplier
+from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
 from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
 from clcore.backbones.base import CLBackbone
 from clcore.backbones.clip import CLIPVisualBackbone
