@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
+
+from clcore.benchmarks.sources import SOURCES, DataSource, register_source
+from clcore.clrun import compose
+from tests.helpers import TinyLoader
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 
@@ -27,9 +29,7 @@ def _single_thread():
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     """The composed ``clrun`` config, as Hydra would build it, writing into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="clcore.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose(overrides, output_dir=output_dir)
 
 
 @pytest.fixture
@@ -38,3 +38,11 @@ def make_config(tmp_path):
         return compose_config([*(QUIET if quiet else []), *overrides], tmp_path / subdir)
 
     return _make
+
+
+@pytest.fixture
+def tiny_source():
+    """``tiny6``: six classes of 4x4 grey images, registered for one test (``source.load.calls`` counts loads)."""
+    source = register_source(DataSource("tiny6", 6, (1, 4, 4), TinyLoader("tiny6", 6), needs_root=False))
+    yield source
+    SOURCES.pop(source.name)

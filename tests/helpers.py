@@ -166,3 +166,26 @@ def quiet_trainer(**overrides):
         num_sanity_val_steps=0,
     )
     return L.Trainer(**(settings | overrides))
+
+
+# ---- a data source of our own: what adding a data set takes (one registry entry) --------------------
+class TinyLoader:
+    """Loads a small synthetic data set of ``num_classes`` classes, 4x4 grey images; counts its calls.
+
+    Each class is a constant image of its own brightness, so the classes are learnable.
+    """
+
+    def __init__(self, name: str, num_classes: int, per_class: int = 12) -> None:
+        self.name, self.num_classes, self.per_class = name, num_classes, per_class
+        self.calls = 0
+
+    def __call__(self, root, download):
+        from clcore.benchmarks.sources import ImageData
+
+        self.calls += 1
+        labels = torch.arange(self.num_classes).repeat_interleave(self.per_class)
+        images = (labels * (255 // self.num_classes)).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4)
+        images = images.contiguous()
+        return ImageData(
+            self.name, images, labels, images.clone(), labels.clone(), self.num_classes, (0.5,), (0.3,)
+        )

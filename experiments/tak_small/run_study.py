@@ -126,7 +126,7 @@ def best_alpha(sweep_csv: Path) -> tuple[float, float]:
 
 def one_run(name: str, overrides: list[str], seed: int) -> dict:
     output_dir = OUTPUTS / name / f"seed_{seed}"
-    overrides = [*overrides, f"seed={seed}", "algorithm.save_task_vectors=true"]
+    overrides = [*overrides, f"seed={seed}", "callbacks.tak_outputs.save_task_vectors=true"]
     command = f"clrun experiment=tak_small_mnist {' '.join(overrides)} hydra.run.dir={output_dir}"
     print(f"== {command}", flush=True)
     cfg = compose_run(overrides, output_dir)

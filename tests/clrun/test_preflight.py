@@ -18,9 +18,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from clcore.algorithms import HAT
+from clcore.backbones import HATMaskMLP
+from clcore.benchmarks import PermutedBenchmark, RotatedBenchmark, SplitBenchmark
 from clcore.clrun import resume
+from clcore.clrun.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from clcore.clrun.checks import ConfigError, preflight
 from clcore.clrun.task_loop import build, run_sequence
-from clcore.clrun.preflight import ConfigError, validate_config
+from clcore.heads import HeadsCIL, HeadsTIL
 
 # torch notes that the malicious pickles use a newer pickle protocol than its own files.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -55,7 +60,7 @@ def _real_checkpoint_bytes(cfg, tmp_path: Path, config_digest: str | None = None
     algorithm.setup_task(0, benchmark.num_classes_of(0))
     results = ContinualResults(benchmark.num_tasks)
     digest = config_digest if config_digest is not None else resume.config_hash(cfg)
-    path = resume.save_checkpoint(tmp_path / "made", 0, algorithm, results, digest)
+    path = save_checkpoint(tmp_path / "made", 0, algorithm, results, digest)
     return path.read_bytes()
 
 
@@ -108,7 +113,7 @@ def malicious_torch_checkpoint(out, cfg, tmp_path):
     _same_config_yaml(out, cfg)
     (out / "checkpoints").mkdir()
     torch.save(
-        {"format": resume.CHECKPOINT_FORMAT, "task_id": RunsCode(tmp_path / "payload_ran")},
+        {"format": CHECKPOINT_FORMAT, "task_id": RunsCode(tmp_path / "payload_ran")},
         out / "checkpoints" / "task_1.ckpt",
     )
 
@@ -211,26 +216,54 @@ CASES = [
     Case(
         "algorithm_needs_another_backbone",
         ["algorithm._target_=tests.helpers.NeedsSpecialBackbone"],
-        ["needs a backbone that is a SpecialMLP", "backbone._target_ is MLP"],
+        ["needs a backbone that is a SpecialMLP", "the backbone is a MLP"],
     ),
     Case(
         "mask_backbone_too_small",
         ["algorithm=hat", "backbone=hat_mlp", "backbone.num_tasks=2"],
         ["backbone.num_tasks=2 has room for fewer tasks than benchmark.num_tasks=3"],
     ),
-    # task-arithmetic knobs
+    # options a constructor does not take (Hydra would fail on them when building the run)
+    Case(
+        "option_of_another_algorithm",
+        ["+algorithm.merging=ties"],
+        ["algorithm.merging is not an option of Finetuning", "remove it"],
+    ),
+    Case(
+        "misspelt_option",
+        ["algorithm=hat", "backbone=hat_mlp", "+algorithm.smax=400"],
+        ["did you mean algorithm.s_max?"],
+    ),
+    Case(
+        "unknown_benchmark_option",
+        ["+benchmark.num_task=3"],
+        ["benchmark.num_task is not an option of PermutedBenchmark"],
+    ),
+    # task-arithmetic knobs: TAK's own rules (TAK.config_problems)
     Case(
         "unknown_merge_method",
-        ["+algorithm.merging=average"],
+        ["algorithm=tak", "algorithm.merging=average"],
         ["algorithm.merging='average' is not a merge method", "ties"],
     ),
-    Case("negative_merge_alpha", ["+algorithm.alpha_merging=-0.5"], ["algorithm.alpha_merging=-0.5"]),
-    Case("merge_alpha_word", ["+algorithm.alpha_merging=two"], ["algorithm.alpha_merging='two'", "'one'"]),
-    Case("infinite_merge_alpha", ["+algorithm.alpha_merging=inf"], ["algorithm.alpha_merging=inf"]),
+    Case(
+        "negative_merge_alpha",
+        ["algorithm=tak", "algorithm.alpha_merging=-0.5"],
+        ["algorithm.alpha_merging=-0.5"],
+    ),
+    Case(
+        "merge_alpha_word",
+        ["algorithm=tak", "algorithm.alpha_merging=two"],
+        ["algorithm.alpha_merging='two'", "'one'"],
+    ),
+    Case(
+        "infinite_merge_alpha",
+        ["algorithm=tak", "algorithm.alpha_merging=inf"],
+        ["algorithm.alpha_merging=inf"],
+    ),
     Case(
         "remote_curvature_cache",
-        ["+algorithm.kfac_cache_dir=https://example.org/kfac"],
-        ["algorithm.kfac_cache_dir", "remote"],
+        ["algorithm=tak", "algorithm.fisher_cache=https://example.org/kfac"],
+        ["algorithm.fisher_cache", "remote"],
     ),
     # missing data, and checks that need the data
     Case(
@@ -329,10 +362,10 @@ def test_every_problem_is_reported_at_once(make_config, no_training):
         "trainer.max_epochs=0",
         "algorithm._target_=tests.helpers.TILOnly",
         "paradigm=cil",
-        "+algorithm.merging=average",
+        "+algorithm.merging=average",  # TILOnly (a Finetuning) takes no merging option
     )
     with pytest.raises(ConfigError) as refused:
-        validate_config(cfg)
+        preflight(cfg)
     problems = refused.value.problems
     assert len(problems) == 5, problems
     message = str(refused.value)
@@ -353,9 +386,9 @@ def test_valid_configs_pass(make_config):
         ["benchmark=split_digits", "paradigm=cil"],
         ["experiment=finetuning_rotated_mnist", "benchmark.source=digits", "benchmark.root=null"],
         ["trainer.max_epochs=null", "+trainer.max_steps=10"],
-        ["+algorithm.merging=ties", "+algorithm.alpha_merging=one"],
+        ["algorithm=tak", "algorithm.merging=ties", "algorithm.alpha_merging=one"],
     ):
-        validate_config(make_config(*overrides))
+        preflight(make_config(*overrides))
 
 
 def test_algorithm_refuses_the_wrong_backbone_when_built_directly(make_config):
@@ -364,3 +397,54 @@ def test_algorithm_refuses_the_wrong_backbone_when_built_directly(make_config):
     _, algorithm = build(make_config())
     with pytest.raises(ValueError, match="needs a backbone that is a SpecialMLP, but the backbone is a MLP"):
         NeedsSpecialBackbone(algorithm.backbone, algorithm.heads, algorithm.optimizer_factory, num_tasks=2)
+
+
+# ---- one rule, one place: the constructor and the pre-flight check refuse alike -------------------
+def _hat(backbone_tasks: int = 5, heads=None, **options) -> HAT:
+    """HAT on a ``HATMaskMLP`` for the default 5-task run, built directly."""
+    backbone = HATMaskMLP(64, num_tasks=backbone_tasks)
+    heads = heads if heads is not None else HeadsTIL(backbone.output_dim)
+    return HAT(backbone, heads, torch.optim.SGD, num_tasks=5, **options)
+
+
+HAT_SETTING = ["algorithm=hat", "backbone=hat_mlp"]
+PARITY = [
+    # (clrun overrides on the 5-task Permuted Digits default, the same thing built directly)
+    (["benchmark.source=imagenet"], lambda: PermutedBenchmark("imagenet", 5)),
+    (["benchmark.batch_size=0"], lambda: PermutedBenchmark("digits", 5, batch_size=0)),
+    (
+        ["benchmark=split_digits", "benchmark.num_tasks=6"],
+        lambda: SplitBenchmark("digits", 6, classes_per_task=2),
+    ),
+    (
+        ["benchmark=split_digits", "+benchmark.class_order=[0,0,1,2,3,4,5,6,7,8]"],
+        lambda: SplitBenchmark("digits", 5, class_order=[0, 0, 1, 2, 3, 4, 5, 6, 7, 8]),
+    ),
+    (
+        [
+            "benchmark=rotated_mnist",
+            "benchmark.source=digits",
+            "benchmark.num_tasks=3",
+            "+benchmark.angles=[0,90]",
+        ],
+        lambda: RotatedBenchmark("digits", 3, angles=[0, 90]),
+    ),
+    ([*HAT_SETTING, "backbone.num_tasks=0"], lambda: HATMaskMLP(64, num_tasks=0)),
+    ([*HAT_SETTING, "backbone.num_tasks=2"], lambda: _hat(backbone_tasks=2)),
+    ([*HAT_SETTING, "algorithm.s_max=0.5"], lambda: _hat(s_max=0.5)),
+    ([*HAT_SETTING, "algorithm.adjustment_mode=sometimes"], lambda: _hat(adjustment_mode="sometimes")),
+    ([*HAT_SETTING, "paradigm=cil"], lambda: _hat(heads=HeadsCIL(64))),
+]
+
+
+@pytest.mark.parametrize(("overrides", "construct"), PARITY, ids=[" ".join(o) for o, _ in PARITY])
+def test_the_constructor_and_the_preflight_check_refuse_with_the_same_words(
+    overrides, construct, make_config
+):
+    with pytest.raises(ConfigError) as built:
+        construct()
+    with pytest.raises(ConfigError) as checked:
+        preflight(make_config(*overrides))
+    assert built.value.problems, "the constructor gave no reason"
+    missing = [problem for problem in built.value.problems if problem not in checked.value.problems]
+    assert not missing, f"the pre-flight check did not say {missing}; it said {checked.value.problems}"

@@ -14,10 +14,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clcore.clrun import resume
 from clcore.algorithms.base import NonFiniteLossError
-from clcore.metrics.results import ContinualResults
+from clcore.clrun import resume
+from clcore.clrun.checkpoint import (
+    CHECKPOINT_KEYS,
+    CheckpointError,
+    capture_rng_state,
+    read_checkpoint,
+    restore,
+    restore_rng_state,
+    save_checkpoint,
+)
 from clcore.clrun.task_loop import run_sequence, write_results
+from clcore.metrics.results import ContinualResults
 from clcore.utils import atomic
 from tests.helpers import FailInTask, PoisonWeights
 
@@ -146,11 +155,11 @@ def test_untrained_model_is_restored_from_the_checkpoint(make_config, tmp_path):
         untrained.setup_task(task_id, 10)
     results = ContinualResults(3)
     results.record_row(1, torch.tensor([0.5, 0.6, float("nan")]))
-    path = resume.save_checkpoint(tmp_path, 1, algorithm, results, resume.config_hash(cfg), untrained)
+    path = save_checkpoint(tmp_path, 1, algorithm, results, resume.config_hash(cfg), untrained)
 
     _, fresh_algorithm = build(cfg)
     fresh_untrained = copy.deepcopy(fresh_algorithm)
-    restored = resume.restore(resume.read_checkpoint(path), fresh_algorithm, fresh_untrained)
+    restored = restore(read_checkpoint(path), fresh_algorithm, fresh_untrained)
     assert restored.tasks_done == 2
     for saved, loaded in ((untrained, fresh_untrained), (algorithm, fresh_algorithm)):
         expected, actual = saved.state_dict(), loaded.state_dict()
@@ -187,7 +196,7 @@ def test_checkpoint_holds_everything_needed_and_loads_weights_only(make_config):
     results = run_sequence(cfg)
     path = Path(cfg.paths.output_dir) / "checkpoints" / "task_2.ckpt"
     checkpoint = torch.load(path, weights_only=True)
-    assert set(resume.CHECKPOINT_KEYS) <= set(checkpoint)
+    assert set(CHECKPOINT_KEYS) <= set(checkpoint)
     assert checkpoint["task_id"] == 1 and checkpoint["config_hash"] == resume.config_hash(cfg)
     assert checkpoint["state_dict"]["heads._extra_state"] == {"classes_per_task": [10, 10]}
     torch.testing.assert_close(
@@ -203,9 +212,9 @@ def test_rng_state_round_trips():
 
     import numpy as np
 
-    state = resume.capture_rng_state()
+    state = capture_rng_state()
     drawn = (torch.rand(3), np.random.rand(3), random.random())
-    resume.restore_rng_state(state)
+    restore_rng_state(state)
     again = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(drawn[0], again[0]) and np.array_equal(drawn[1], again[1]) and drawn[2] == again[2]
 
@@ -262,7 +271,7 @@ def test_nonfinite_loss_stops_the_task_and_keeps_the_last_good_checkpoint(make_c
     assert PoisonWeights.batches_seen[2] <= batches_per_epoch, "the diverged task kept training"
     rows = (out / "results" / "acc_matrix.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("1,")  # header + task 1, untouched
-    checkpoint = resume.read_checkpoint(out / "checkpoints" / "task_1.ckpt")
+    checkpoint = read_checkpoint(out / "checkpoints" / "task_1.ckpt")
     assert all(
         torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if isinstance(t, torch.Tensor)
     )
@@ -300,8 +309,8 @@ def test_malicious_checkpoint_is_refused_not_executed(tmp_path, write):
         torch.save({"task_id": RunsCode(marker)}, path)
     pickle.loads(pickle.dumps(RunsCode(tmp_path / "control")))  # the payload does run when unpickled
     assert (tmp_path / "control").exists()
-    with pytest.raises(resume.CheckpointError, match="would execute code, so it was refused"):
-        resume.read_checkpoint(path)
+    with pytest.raises(CheckpointError, match="would execute code, so it was refused"):
+        read_checkpoint(path)
     assert not marker.exists()
 
 
@@ -328,7 +337,7 @@ def test_only_display_keys_may_change_between_a_run_and_its_continuation(make_co
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     benchmark, algorithm = build(cfg)
     algorithm.setup_task(0, benchmark.num_classes_of(0))
-    saved = resume.save_checkpoint(out, 0, algorithm, ContinualResults(2), resume.config_hash(cfg))
+    saved = save_checkpoint(out, 0, algorithm, ContinualResults(2), resume.config_hash(cfg))
 
     same_run = make_config(
         "benchmark.num_tasks=2", "trainer.enable_progress_bar=false", "resume=true", quiet=False

@@ -9,8 +9,8 @@ from lightning.fabric.utilities import registry
 from lightning.pytorch.profilers import SimpleProfiler
 from torch import nn
 
-from clcore.clrun.task_loop import build, run_sequence
 from clcore import lightning_speed
+from clcore.clrun.task_loop import build, run_sequence
 from clcore.lightning_speed import NullProfiler, entry_points_looked_up_once
 
 
@@ -182,6 +182,8 @@ def test_plain_lightning_variable_switches_every_speedup_off(monkeypatch, make_c
     assert fast.tasks_done == 2
     monkeypatch.setenv(lightning_speed.PLAIN_LIGHTNING_VARIABLE, "1")
     assert not lightning_speed.speedups_apply()
-    plain = run_sequence(make_config("benchmark.num_tasks=2", "trainer.max_epochs=1", subdir="plain2"), [Spy()])
+    plain = run_sequence(
+        make_config("benchmark.num_tasks=2", "trainer.max_epochs=1", subdir="plain2"), [Spy()]
+    )
     assert type(seen["profiler"]) is not NullProfiler
     assert torch.equal(fast.acc_matrix.nan_to_num(-1), plain.acc_matrix.nan_to_num(-1))  # same numbers

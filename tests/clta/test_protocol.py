@@ -26,13 +26,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from clcore.benchmarks.errors import DataNotFoundError
-from clcore.task_arithmetic import LinearizedModel, TaskVector, merge
 from clcore.clta import RESULTS_JSON, RESULTS_TABLE, run_protocol
 from clcore.clta.evaluation import EncoderEditor
 from clcore.clta.protocol import Evaluator, task_negation
 from clcore.clta.selection import select_addition_alpha, select_negation_alpha
 from clcore.clta.task_data import TaskData, few_shot_indices, split_off
 from clcore.clta.vision_datasets import Preprocess
+from clcore.task_arithmetic import LinearizedModel, TaskVector, merge
 
 MODES = ("standard", "linear", "posthoc")
 METHODS = ("ta", "ties", "dare", "iso", "tsv")

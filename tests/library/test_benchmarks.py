@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from clcore.benchmarks import DataNotFoundError, PermutedBenchmark, RotatedBenchmark, SplitBenchmark
-from clcore.benchmarks.sources import load_mnist
+from clcore.benchmarks.sources import SOURCES, DataSource, load_mnist, load_source, register_source
 from clcore.benchmarks.tensor_loader import TensorBatchLoader
 from tests.conftest import SHARED_MNIST
+from tests.helpers import TinyLoader
 
 
 def first_test_batch(benchmark, task_id):
@@ -65,10 +66,10 @@ def test_split_class_order_from_seed_is_reproducible():
     ("kwargs", "message"),
     [
         ({"num_tasks": 6, "classes_per_task": 2}, "= 12 classes, but digits has 10"),
-        ({"num_tasks": 0, "classes_per_task": 2}, "num_tasks must be >= 1"),
-        ({"num_tasks": 2, "classes_per_task": 0}, "classes_per_task must be >= 1"),
+        ({"num_tasks": 0, "classes_per_task": 2}, "num_tasks=0: must be an integer >= 1"),
+        ({"num_tasks": 2, "classes_per_task": 0}, "classes_per_task=0: must be an integer >= 1"),
         ({"num_tasks": 2, "classes_per_task": 2, "class_order": [0, 0, 1, 2]}, "distinct classes"),
-        ({"num_tasks": 2, "classes_per_task": 2, "batch_size": 0}, "batch sizes must be >= 1"),
+        ({"num_tasks": 2, "classes_per_task": 2, "batch_size": 0}, "batch_size=0: must be an integer >= 1"),
     ],
 )
 def test_split_limits_are_checked(kwargs, message):
@@ -145,3 +146,35 @@ def test_real_mnist_files_load_in_torchvision_layout(tmp_path):
     assert data.train_images.shape == (9000, 1, 28, 28) and data.test_images.shape == (1000, 1, 28, 28)
     assert data.train_images.dtype == torch.uint8
     assert set(data.test_labels.tolist()) == set(range(10))
+
+
+# ---- the data-source registry: a new data set is one entry ------------------------------------------
+def test_a_registered_source_serves_every_benchmark_and_its_class_count_rules_the_split(tiny_source):
+    with pytest.raises(ValueError, match="= 8 classes, but tiny6 has 6"):
+        SplitBenchmark("tiny6", num_tasks=4, classes_per_task=2)
+    assert tiny_source.load.calls == 0  # judged from the entry: nothing was loaded
+    split = SplitBenchmark("tiny6", num_tasks=3, classes_per_task=2, val_fraction=0.0)
+    assert split.classes_of(2) == [4, 5] and split.image_shape == (1, 4, 4)
+    permuted = PermutedBenchmark("tiny6", num_tasks=2)
+    assert permuted.num_classes_of(1) == 6
+    assert tiny_source.load.calls == 1  # loaded once for both benchmarks
+
+
+def test_a_source_whose_data_differs_from_its_entry_is_refused():
+    liar = register_source(DataSource("liar", 5, (1, 4, 4), TinyLoader("liar", 6), needs_root=False))
+    try:
+        with pytest.raises(ValueError, match="registered with 5 classes .* returned 6 classes"):
+            load_source("liar")
+    finally:
+        SOURCES.pop(liar.name)
+
+
+def test_a_source_name_is_registered_once_and_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="'digits' is registered already"):
+        register_source(DataSource("digits", 3, (1, 8, 8), TinyLoader("digits", 3), needs_root=False))
+    with pytest.raises(
+        ValueError, match="benchmark.source='imagenet' is unknown: choose one of digits, mnist"
+    ):
+        SplitBenchmark("imagenet", num_tasks=2)
+    with pytest.raises(ValueError, match="benchmark.root is not set: source 'cifar10'"):
+        SplitBenchmark("cifar10", num_tasks=2)

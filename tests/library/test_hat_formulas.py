@@ -401,7 +401,9 @@ def test_hat_rejects_cil_and_plain_backbones():
         HAT(backbone, HeadsCIL(backbone.output_dim), optimizer, num_tasks=2)
     with pytest.raises(ValueError, match="HATMaskBackbone"):
         HAT(MLP(3, (4,), 2), HeadsTIL(2), optimizer, num_tasks=2)
-    with pytest.raises(ValueError, match="room for 2 tasks"):
+    with pytest.raises(
+        ValueError, match="backbone.num_tasks=2 has room for fewer tasks than benchmark.num_tasks=5"
+    ):
         HAT(backbone, HeadsTIL(2), optimizer, num_tasks=5)
     with pytest.raises(ValueError, match="adjustment_alpha"):
         HAT(backbone, HeadsTIL(2), optimizer, num_tasks=2, adjustment_mode="hat_const_alpha")

@@ -12,6 +12,7 @@ from clcore.metrics import (
     backward_transfer,
     forgetting,
     forward_transfer,
+    top1_accuracy,
 )
 
 NAN = float("nan")
@@ -84,6 +85,56 @@ def test_task_accuracy_metric_per_task():
     assert accuracy[0].item() == pytest.approx(0.8)
     assert math.isnan(accuracy[1].item())
     assert accuracy[2].item() == pytest.approx(0.5)
+
+
+def test_top1_accuracy_counts_argmax_hits_over_uneven_batches():
+    # argmax per row: 2, 0, 1 | 1, 1, 0, 2 against targets 2, 1, 1 | 1, 0, 0, 0: 4 hits of 7
+    first = (torch.tensor([[0.1, 0.2, 0.9], [3.0, 1.0, 0.0], [0.0, 5.0, 1.0]]), torch.tensor([2, 1, 1]))
+    second = (
+        torch.tensor([[0.0, 1.0, 0.5], [0.2, 0.3, 0.1], [9.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+        torch.tensor([1, 0, 0, 0]),
+    )
+    assert top1_accuracy([first, second]) == 4 / 7
+    assert top1_accuracy([second, first]) == 4 / 7
+
+
+def test_top1_accuracy_is_the_python_fraction_bit_for_bit():
+    """float64 from integer counts: exactly ``correct / seen`` as the evaluations computed it before."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(1001, 10, generator=generator)
+    targets = torch.randint(0, 10, (1001,), generator=generator)
+    correct = int((logits.argmax(dim=1) == targets).sum())
+    for size in (1, 7, 256, 1001):
+        batches = zip(logits.split(size), targets.split(size))
+        assert top1_accuracy(batches) == correct / 1001
+
+
+def test_top1_accuracy_refuses_no_samples():
+    with pytest.raises(ValueError, match="at least one sample"):
+        top1_accuracy([])
+    with pytest.raises(ValueError, match="at least one sample"):
+        top1_accuracy([(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))])
+
+
+def test_tak_task_accuracy_is_the_hand_count():
+    from clcore.algorithms.tak.evaluation import task_accuracy
+    from clcore.benchmarks import SplitBenchmark
+
+    benchmark = SplitBenchmark("digits", num_tasks=5, classes_per_task=2, eval_batch_size=32, seed=0)
+    benchmark.load()
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 2)
+
+    def logits(x, task_id):
+        return layer(x.flatten(1))
+
+    for task in (0, 3):
+        split = benchmark.task_split("test", task)
+        with torch.no_grad():
+            hits = logits(benchmark.prepare_batch(split.images, task), task).argmax(dim=1) == split.labels
+        measured = task_accuracy(benchmark, task, logits, lambda labels, _task: labels, torch.device("cpu"))
+        assert 0 < int(hits.sum()) < len(hits)
+        assert measured == int(hits.sum()) / len(hits)
 
 
 def test_summary_with_zero_shot_evaluation_is_valid_json():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -406,3 +408,17 @@ def test_atlas_on_a_linearized_model_takes_linear_vectors():
     assert atlas.coefficients.grad.abs().sum() > 0
     with pytest.raises(TypeError):
         ATLASModel(LinearizedModel(base), [v.to_nonlinear() for v in vectors])
+
+
+# -- purity ---------------------------------------------------------------------------------------
+def test_importing_task_arithmetic_loads_neither_lightning_nor_hydra_nor_an_application():
+    """The library layer is pure PyTorch (issue 12). In a fresh interpreter: this session has both loaded."""
+    probe = (
+        "import sys, clcore.task_arithmetic\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'hydra')"
+        " or m.startswith(('clcore.clta', 'clcore.clrun'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert loaded.stdout.strip() == "[]"

@@ -27,7 +27,7 @@ class NonFiniteLossError(FloatingPointError):
 class CLAlgorithm(LightningModule):
     """Backbone + heads + criterion, trained one task at a time by ``clcore.clrun.task_loop``.
 
-    The pipeline calls ``setup_task(t, num_classes)`` before each task, then ``Trainer.fit`` and
+    The task loop calls ``setup_task(t, num_classes)`` before each task, then ``Trainer.fit`` and
     ``Trainer.test`` on every seen task. Batches are ``(x, local_labels, task_id)``; the heads map
     local labels to targets for the paradigm. A subclass overrides what differs (a loss term,
     a per-task hook, manual optimisation) and lists the paradigms it supports, checked here,
@@ -50,16 +50,17 @@ class CLAlgorithm(LightningModule):
     # Why the others are not supported, in the words of the paper (shown with the refusal).
     paradigm_reason: str = ""
     # The backbone class this algorithm needs (e.g. HAT: a mask backbone); checked by
-    # ``clcore.clrun.preflight`` from the config, before anything is built, and again here.
+    # ``clcore.clrun.checks`` from the config, before anything is built, and again here.
     required_backbone_type: type | None = None
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.
     nonfinite_check_every_n_steps: int = 50
     # clcore's own attributes assigned every step; with Lightning's per-step ones
     # (``clcore.lightning_speed``) ``__setattr__`` stores them directly (see there).
-    _PLAIN_ATTRIBUTES = frozenset(
-        {"_loss_sum_since_check", "_train_batches_this_task", "_train_batches_checked"}
-    ) | per_step_attributes()
+    _PLAIN_ATTRIBUTES = (
+        frozenset({"_loss_sum_since_check", "_train_batches_this_task", "_train_batches_checked"})
+        | per_step_attributes()
+    )
 
     def __setattr__(self, name: str, value) -> None:
         """Plain per-step attributes skip ``nn.Module.__setattr__``'s registry checks.
@@ -153,7 +154,7 @@ class CLAlgorithm(LightningModule):
         self._train_batches_this_task = self._train_batches_checked = 0
 
     def on_task_end(self, task_id: int) -> dict[str, float]:
-        """Called by the pipeline after task ``task_id`` trained. Returns scalars to record."""
+        """Called by the task loop after task ``task_id`` trained. Returns scalars to record."""
         return {}
 
     # ---- checkpointed state beyond parameters and buffers -----------------------------------
@@ -267,7 +268,7 @@ class CLAlgorithm(LightningModule):
     def on_test_epoch_end(self) -> None:
         # compute() synchronises across processes: every rank gets the full per-task accuracy.
         # reshape: torchmetrics squeezes a one-element result (a one-task run) to a scalar
-        # The loggers get these from the pipeline, once per task, as ``task_<j>/test/acc`` at
+        # The loggers get these from the task loop, once per task, as ``task_<j>/test/acc`` at
         # step = tasks done (a curve per task across the sequence), not through ``self.log``:
         # that would cost Lightning's per-call bookkeeping for every seen task after every task,
         # and would also log the zero-shot tests of the untrained model under the same names.

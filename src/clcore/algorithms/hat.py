@@ -15,7 +15,7 @@ cumulative mask, and the test uses each task's stored binary mask.
 Why earlier tasks' test outputs do not change at all (TIL, ``adjustment_mode="hat"``): a weight
 that an earlier task's output depends on joins two units that task's binary mask keeps, so its
 gradient multiplier is exactly 0; every other shared weight only ever meets a 0 from a masked
-unit in that task's forward pass. A fresh optimizer per task (the pipeline builds one) has no
+unit in that task's forward pass. A fresh optimizer per task (the task loop builds one) has no
 momentum for these weights, so SGD (with momentum) and Adam leave them bit-identical. This
 needs ``weight_decay = 0`` (decay moves every weight, whatever its gradient; checked here), per-task
 batch norm (``HATMaskResNet18``), and old heads, embeddings and norms kept out of the optimizer
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
 from clcore.backbones.hat_mask import EMBEDDING_INIT_MODES, HATMaskBackbone, units_used
-from clcore.config_rules import is_number
+from clcore.config_rules import is_number, raise_if_problems
 from clcore.heads.base import CLHeads
 
 ADJUSTMENT_MODES = ("hat", "hat_random", "hat_const_alpha", "hat_const_1")
@@ -138,7 +138,9 @@ class HAT(CLAlgorithm):
     """
 
     supported_paradigms = ("til",)
-    paradigm_reason = "HAT needs the task id at test time to select that task's mask (Serra et al. 2018, Sec. 2.2)"
+    paradigm_reason = (
+        "HAT needs the task id at test time to select that task's mask (Serra et al. 2018, Sec. 2.2)"
+    )
     # Masks live on the layers of a HATMaskBackbone (e.g. HATMaskMLP, HATMaskResNet18).
     required_backbone_type = HATMaskBackbone
 
@@ -190,10 +192,10 @@ class HAT(CLAlgorithm):
             embedding_init=embedding_init,
         )
         super().__init__(backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor, options)
-        if backbone.num_tasks < num_tasks:
-            raise ValueError(
-                f"the HAT backbone has room for {backbone.num_tasks} tasks but the run has {num_tasks}"
-            )
+        # The backbone's own rule about the run (room for every task), as the pre-flight check reads it.
+        raise_if_problems(
+            type(backbone).config_problems({"num_tasks": backbone.num_tasks}, num_tasks=num_tasks)
+        )
         self.backbone: HATMaskBackbone
         self.s_max = float(s_max)
         self.mask_sparsity_reg_factor = mask_sparsity_reg_factor
@@ -229,7 +231,7 @@ class HAT(CLAlgorithm):
         return adjustment_rate(parameter_mask, self.adjustment_mode, self.adjustment_alpha)
 
     def on_train_end(self) -> None:
-        # Store before the pipeline's trainer.test, which uses the binary mask (Sec. 2.2-2.3).
+        # Store before the task loop's trainer.test, which uses the binary mask (Sec. 2.2-2.3).
         self.backbone.store_mask(self.task_id)
 
     def on_task_end(self, task_id: int) -> dict[str, float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor, nn
 
 
@@ -11,7 +14,20 @@ class CLBackbone(nn.Module):
     Subclasses set ``output_dim`` (the feature size the heads read) and implement
     ``forward(x) -> features`` of shape ``[batch, output_dim]``. Backbones that need the task
     (HAT's mask backbones) take extra keyword arguments; the algorithm that owns them passes those.
+    A backbone with rules about its options, or about the run it serves, states them in
+    ``config_problems``.
     """
+
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
+        """Every problem with these options for a run of ``num_tasks`` tasks, each with its fix.
+
+        ``options`` are the constructor's keyword arguments as plain data (the config's
+        ``backbone.*`` keys; absent or null ones take their default or follow the benchmark);
+        ``num_tasks`` is the run's task count, where known. Read by the constructor or the
+        algorithm that owns the backbone, and by ``clrun``'s pre-flight check. Default: none.
+        """
+        return []
 
     def __init__(self, output_dim: int) -> None:
         super().__init__()

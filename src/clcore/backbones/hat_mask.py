@@ -26,12 +26,14 @@ a freshly built backbone before any task is set up):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clcore.backbones.base import CLBackbone
+from clcore.config_rules import is_int, raise_if_problems
 
 MASK_MODES = ("train", "val", "test")
 EMBEDDING_INIT_MODES = ("N01", "U-11", "U01", "U-10", "last")
@@ -69,10 +71,27 @@ class HATMaskBackbone(CLBackbone):
             norms are allocated for all of them up front so checkpoints load as they are).
     """
 
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
+        """Room for every task of the run: embeddings and masks exist for ``backbone.num_tasks`` tasks."""
+        problems = super().config_problems(options, num_tasks=num_tasks)
+        own = options.get("num_tasks")
+        if own is None:  # null in the config: filled in from benchmark.num_tasks
+            return problems
+        if not is_int(own) or own < 1:
+            problems.append(
+                f"backbone.num_tasks={own!r}: must be an integer >= 1, or null to follow benchmark.num_tasks"
+            )
+        elif is_int(num_tasks) and own < num_tasks:
+            problems.append(
+                f"backbone.num_tasks={own} has room for fewer tasks than benchmark.num_tasks={num_tasks}: "
+                f"set backbone.num_tasks=null (it follows the benchmark) or >= {num_tasks}"
+            )
+        return problems
+
     def __init__(self, output_dim: int, num_tasks: int) -> None:
         super().__init__(output_dim)
-        if num_tasks <= 0:
-            raise ValueError(f"HAT backbone num_tasks must be positive, got {num_tasks}")
+        raise_if_problems(type(self).config_problems({"num_tasks": num_tasks}))
         self.num_tasks = num_tasks
         self.gates = nn.ModuleDict()
         self.register_buffer("task_mask_stored", torch.zeros(num_tasks, dtype=torch.bool))

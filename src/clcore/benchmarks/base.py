@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
 
 from clcore.benchmarks.model_input import ModelInput
-from clcore.benchmarks.sources import ImageData, load_source
+from clcore.benchmarks.sources import SOURCES, DataSource, ImageData, load_source
 from clcore.benchmarks.tensor_loader import TensorBatchLoader
+from clcore.config_rules import is_int, is_number, raise_if_problems
 
 
 @dataclass
@@ -26,16 +28,21 @@ class CLBenchmark(LightningDataModule):
     """A sequence of tasks built from one base data set held in memory as uint8.
 
     Task variants (permuted, rotated, split) are *transforms of the base data*, never copies
-    of it where avoidable: a subclass says which classes each task has (``classes_of``), which
-    base samples it uses (``_select``), and how a batch of that task is transformed
-    (``task_transform``), which runs per batch, on the batch's device, after the transfer.
+    of it where avoidable: a subclass says which classes each task has (``classes_of``; a
+    task's samples are those of its classes) and how a batch of that task is transformed
+    (``task_transform``), which runs per batch, on the batch's device, after the transfer;
+    ``_on_load`` sees the base data once, when it is loaded.
 
     Batches are ``(x, local_labels, task_id)``. ``train_dataloader``/``val_dataloader`` serve the
     current task; ``test_dataloader`` returns one loader per task in ``test_tasks`` (default: every
     task seen so far), in task order, so ``dataloader_idx`` is the task index.
 
+    Its rules (task count, batch sizes, a registered source, ...) are ``config_problems``,
+    read by the constructor and by ``clrun``'s pre-flight check; a subclass extends them.
+
     Args:
-        source: base data set name (``digits``, ``mnist``, ``cifar10``, ``cifar100``).
+        source: a registered data source (``clcore.benchmarks.sources``: ``digits``, ``mnist``,
+            ``cifar10``, ``cifar100``, or one added with ``register_source``).
         root: folder that holds the data set (torchvision's layout); unused for ``digits``.
         num_tasks: length of the sequence.
         batch_size / eval_batch_size: training and evaluation batch sizes. Evaluation has no
@@ -48,6 +55,7 @@ class CLBenchmark(LightningDataModule):
         model_input: ``{size, channels, mean, std}`` for a backbone with its own input convention
             (e.g. CLIP: 224 px, RGB, CLIP statistics), applied per batch after the task's
             transform (``ModelInput``); ``image_shape`` then reports the shape the model receives.
+        options: the subclass's own keyword arguments, checked with these by ``config_problems``.
     """
 
     def __init__(
@@ -62,16 +70,18 @@ class CLBenchmark(LightningDataModule):
         download: bool = False,
         data_device: str | None = None,
         model_input: Mapping | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if num_tasks < 1:
-            raise ValueError(f"benchmark.num_tasks must be >= 1, got {num_tasks}")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError(
-                f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
-            )
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"benchmark.val_fraction must be in [0, 1), got {val_fraction}")
+        own = dict(
+            source=source,
+            num_tasks=num_tasks,
+            root=root,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            val_fraction=val_fraction,
+        )
+        raise_if_problems(type(self).config_problems({**own, **(options or {})}))
         self.source, self.root, self.download = source, root, download
         self.num_tasks = num_tasks
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -85,6 +95,44 @@ class CLBenchmark(LightningDataModule):
         self._mean: Tensor | None = None
         self._std: Tensor | None = None
 
+    # ---- the rules: one place, read by the constructor and by clrun's pre-flight check ---------
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """Every problem with these options, each with its fix (``clcore.config_rules``).
+
+        ``options`` are the constructor's keyword arguments as plain data (the config's
+        ``benchmark.*`` keys; an absent optional key takes its default). Nothing is loaded: class
+        counts and shapes come from the source's registry entry. A subclass with options of its
+        own returns ``super().config_problems(options)`` plus its own problems.
+        """
+        problems = []
+        source, entry = options.get("source"), cls.source_entry(options)
+        if entry is None:
+            problems.append(
+                f"benchmark.source={source!r} is unknown: choose one of {', '.join(SOURCES)} "
+                f"(or add one with clcore.benchmarks.sources.register_source)"
+            )
+        elif entry.needs_root and options.get("root") is None:
+            problems.append(
+                f"benchmark.root is not set: source {source!r} needs the folder that holds its files"
+            )
+        num_tasks = options.get("num_tasks")
+        if not is_int(num_tasks) or num_tasks < 1:
+            problems.append(f"benchmark.num_tasks={num_tasks!r}: must be an integer >= 1")
+        for key in ("batch_size", "eval_batch_size"):
+            if key in options and (not is_int(options[key]) or options[key] < 1):
+                problems.append(f"benchmark.{key}={options[key]!r}: must be an integer >= 1")
+        val_fraction = options.get("val_fraction", 0.1)
+        if not is_number(val_fraction) or not 0.0 <= val_fraction < 1.0:
+            problems.append(f"benchmark.val_fraction={val_fraction!r}: must be in [0, 1)")
+        return problems
+
+    @staticmethod
+    def source_entry(options: Mapping[str, Any]) -> DataSource | None:
+        """The registry entry of ``options["source"]``, or None when it is not a registered source."""
+        source = options.get("source")
+        return SOURCES.get(source) if isinstance(source, str) else None
+
     # ---- what subclasses define ---------------------------------------------------------
     def classes_of(self, task_id: int) -> list[int]:
         """Base-data class ids of task ``task_id``, in local-label order."""
@@ -94,8 +142,8 @@ class CLBenchmark(LightningDataModule):
         """Per-task transform of a normalised float batch ``[B, C, H, W]`` (default: none)."""
         return x
 
-    def _check(self, data: ImageData) -> None:
-        """Validate the configuration against the loaded data (raise ValueError)."""
+    def _on_load(self, data: ImageData) -> None:
+        """Called once when the base data is loaded (e.g. to draw the class order from it)."""
 
     # ---- data --------------------------------------------------------------------------
     def num_classes_of(self, task_id: int) -> int:
@@ -112,11 +160,11 @@ class CLBenchmark(LightningDataModule):
         self.load()
 
     def load(self) -> ImageData:
-        """Load the base data once, check the configuration, split train/validation by seed."""
+        """Load the base data once (``load_source``, cached), split train/validation by seed."""
         if self.data is not None:
             return self.data
         data = load_source(self.source, None if self.root is None else str(self.root), self.download)
-        self._check(data)
+        self._on_load(data)
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(data.train_labels), generator=generator)
         num_val = int(round(self.val_fraction * len(order)))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from clcore.benchmarks.base import CLBenchmark
-from clcore.benchmarks.sources import ImageData
+from clcore.config_rules import is_int
 
 
 class PermutedBenchmark(CLBenchmark):
@@ -17,19 +20,27 @@ class PermutedBenchmark(CLBenchmark):
     ``permute_first_task=false`` task 1 sees the original images.
     """
 
+    # One [H*W] index permutation per task is held in memory; beyond this it is a mistake.
+    MAX_TASKS = 10_000
+
     def __init__(self, source: str, num_tasks: int, permute_first_task: bool = True, **kwargs) -> None:
         super().__init__(source, num_tasks, **kwargs)
         self.permute_first_task = permute_first_task
         self._permutations: Tensor | None = None
 
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """The benchmark's rules, and a task count a permuted sequence can sensibly have."""
+        problems = super().config_problems(options)
+        num_tasks = options.get("num_tasks")
+        if is_int(num_tasks) and num_tasks > cls.MAX_TASKS:
+            problems.append(
+                f"benchmark.num_tasks={num_tasks} is not a sensible permuted sequence: use at most {cls.MAX_TASKS}"
+            )
+        return problems
+
     def classes_of(self, task_id: int) -> list[int]:
         return list(range(self.load().num_classes))
-
-    def _check(self, data: ImageData) -> None:
-        if self.num_tasks > 10_000:
-            raise ValueError(
-                f"benchmark.num_tasks={self.num_tasks} is not a sensible permuted sequence (max 10000)"
-            )
 
     @property
     def permutations(self) -> Tensor:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
 from clcore.benchmarks.base import CLBenchmark
+
+
+def rotate(pixels: Tensor, angle_degrees: float) -> Tensor:
+    """``pixels`` (``[..., H, W]``, in [0, 1]) rotated counter-clockwise by ``angle_degrees`` about the centre.
+
+    torchvision's batched tensor rotation, bilinear, same size; the corners it uncovers are 0,
+    i.e. background in [0, 1] pixel space (callers rotate before normalising). Shared by
+    ``RotatedBenchmark`` and ``clta``'s rotated tasks.
+    """
+    return TF.rotate(pixels, float(angle_degrees), interpolation=TF.InterpolationMode.BILINEAR)
 
 
 class RotatedBenchmark(CLBenchmark):
@@ -23,16 +36,26 @@ class RotatedBenchmark(CLBenchmark):
         angles: list[float] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(source, num_tasks, **kwargs)
-        if angles is not None and len(angles) != num_tasks:
-            raise ValueError(
-                f"benchmark.angles has {len(angles)} entries but benchmark.num_tasks={num_tasks}"
-            )
+        super().__init__(source, num_tasks, options=dict(angles=angles), **kwargs)
         self.angles = (
             [float(a) for a in angles]
             if angles is not None
             else [t * max_angle / num_tasks for t in range(num_tasks)]
         )
+
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """The benchmark's rules, and one angle per task when the angles are given."""
+        problems = super().config_problems(options)
+        angles, num_tasks = options.get("angles"), options.get("num_tasks")
+        listed = isinstance(angles, Sequence) and not isinstance(angles, str)
+        if angles is not None and (not listed or len(angles) != num_tasks):
+            given = f"has {len(angles)} entries" if listed else f"is {angles!r}"
+            problems.append(
+                f"benchmark.angles {given} but benchmark.num_tasks={num_tasks}: give one angle per task, "
+                f"or drop benchmark.angles for angles evenly spaced in [0, max_angle)"
+            )
+        return problems
 
     def classes_of(self, task_id: int) -> list[int]:
         return list(range(self.load().num_classes))
@@ -43,5 +66,5 @@ class RotatedBenchmark(CLBenchmark):
             return x
         # Rotate in [0, 1] pixel space so the corners that appear are background (0), not -mean/std.
         mean, std = self._mean.to(x.device), self._std.to(x.device)
-        rotated = TF.rotate(x * std + mean, angle, interpolation=TF.InterpolationMode.BILINEAR)
+        rotated = rotate(x * std + mean, angle)
         return (rotated - mean) / std

@@ -1,4 +1,12 @@
-"""Base data sets as one in-memory uint8 tensor ``[N, C, H, W]`` per split.
+"""Base data sets, one registry entry each: what they hold, known before loading, and how to load them.
+
+A ``DataSource`` entry states a data set's class count and image shape (so a benchmark and
+``clrun``'s pre-flight check can judge a configuration without reading any file), whether it needs
+``benchmark.root``, and its loader. ``load_source`` loads a registered source as one in-memory
+uint8 tensor ``[N, C, H, W]`` per split (``ImageData``). Adding a torchvision data set is one
+``register_source`` entry at the end of this file (``torchvision_source`` builds it for data sets
+with ``train=True/False`` splits) plus the benchmark YAML files that use it; nothing else reads a
+list of sources.
 
 torchvision reads the official files; scikit-learn's 8x8 digits ship with the package and are
 always available offline. Missing files raise ``DataNotFoundError`` naming what was looked for.
@@ -9,6 +17,7 @@ from __future__ import annotations
 import functools
 import gzip
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +63,72 @@ class ImageData:
         return tuple(self.train_images.shape[1:])
 
 
+# (root, download) -> the data set; root is None only for a source that needs none.
+Loader = Callable[[str | None, bool], ImageData]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One base data set: its class count and image shape ``(C, H, W)``, known without loading it.
+
+    ``needs_root``: the files live under ``benchmark.root`` (false for data shipped with a package).
+    ``load(root, download)`` returns the ``ImageData``; ``load_source`` checks it against
+    ``num_classes`` and ``image_shape``, so the rules judged from the entry hold for the data.
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    load: Loader
+    needs_root: bool = True
+
+
+# name -> entry; filled by ``register_source`` (the built-in sources at the end of this file).
+SOURCES: dict[str, DataSource] = {}
+
+
+def register_source(source: DataSource) -> DataSource:
+    """Add ``source`` to the registry under its name; a different entry of the same name is refused."""
+    registered = SOURCES.get(source.name)
+    if registered is not None and registered != source:
+        raise ValueError(f"a data source named {source.name!r} is registered already: choose another name")
+    SOURCES[source.name] = source
+    return source
+
+
+def source_named(name: str) -> DataSource:
+    """The registered source ``name``; ``ValueError`` listing the known ones otherwise."""
+    if name not in SOURCES:
+        raise ValueError(f"unknown data source {name!r}: choose one of {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def load_source(source: str, root: str | None = None, download: bool = False) -> ImageData:
+    """The data of the registered source ``source``, from ``root`` (torchvision's layout).
+
+    Cached per process: a sweep, a test session, or the pre-flight check and the run after it
+    read each data set once. Callers never modify the returned tensors (benchmarks index them,
+    which copies).
+    """
+    entry = source_named(source)
+    if entry.needs_root and root is None:
+        raise ValueError(f"benchmark.root must be set for source '{source}'")
+    return _load(entry, None if root is None else str(root), download)
+
+
+@functools.lru_cache(maxsize=4)
+def _load(entry: DataSource, root: str | None, download: bool) -> ImageData:
+    data = entry.load(root, download)
+    if data.num_classes != entry.num_classes or data.image_shape != entry.image_shape:
+        raise ValueError(
+            f"data source {entry.name!r} is registered with {entry.num_classes} classes of shape "
+            f"{entry.image_shape}, but its loader returned {data.num_classes} classes of shape "
+            f"{data.image_shape}: correct its register_source entry"
+        )
+    return data
+
+
+# ---- the loaders ----------------------------------------------------------------------------------
 # The digit classes by their numerals, as the task-arithmetic prompts use them ('a photo of the number: "3".').
 DIGIT_NAMES = tuple(str(digit) for digit in range(10))
 
@@ -103,39 +178,64 @@ def load_mnist(root: str | Path, download: bool = False) -> ImageData:
     )
 
 
-_CIFAR = {
-    # name: (torchvision class, folder, classes, mean, std)
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ("CIFAR100", "cifar-100-python", 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
+def torchvision_source(
+    name: str,
+    dataset_class: str,
+    folder: str,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    files: str = "the official files",
+) -> DataSource:
+    """The entry of a ``torchvision.datasets`` class with ``train=True/False`` splits.
+
+    ``folder`` (under ``benchmark.root``) and ``files`` say where the data is looked for, in the
+    message of a missing data set; ``mean`` / ``std`` are the training set's per-channel statistics.
+    """
+    return DataSource(
+        name,
+        num_classes,
+        image_shape,
+        functools.partial(_load_torchvision, name, dataset_class, folder, files, num_classes, mean, std),
+    )
 
 
-def load_cifar(name: str, root: str | Path, download: bool = False) -> ImageData:
-    """CIFAR-10 / CIFAR-100 from ``<root>/cifar-10-batches-py`` or ``<root>/cifar-100-python``."""
+def _load_torchvision(
+    name: str,
+    dataset_class: str,
+    folder: str,
+    files: str,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    root: str,
+    download: bool = False,
+) -> ImageData:
     import torchvision.datasets
 
-    class_name, folder, num_classes, mean, std = _CIFAR[name]
-    dataset_cls = getattr(torchvision.datasets, class_name)
+    dataset_cls = getattr(torchvision.datasets, dataset_class)
     root = Path(root).expanduser()
     try:
         train = dataset_cls(str(root), train=True, download=download)
         test = dataset_cls(str(root), train=False, download=download)
-    except Exception as error:
+    except Exception as error:  # torchvision raises RuntimeError (missing) or URLError (offline)
         raise DataNotFoundError(
-            f"{class_name} not found in {root / folder}/ (the official python-pickle batches). "
+            f"{dataset_class} not found in {root / folder}/ ({files}). "
             f"Set benchmark.root to the folder that holds {folder}/, or run once with "
             f"benchmark.download=true on a machine with internet access. ({error})"
         ) from error
 
     def to_tensor(split) -> tuple[Tensor, Tensor]:
-        images = torch.from_numpy(np.asarray(split.data)).permute(0, 3, 1, 2).contiguous()
-        return images, torch.as_tensor(split.targets, dtype=torch.long)
+        images = torch.as_tensor(np.asarray(split.data))
+        # [N, H, W] grey or [N, H, W, C] colour -> [N, C, H, W]
+        images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)
+        return images.contiguous(), torch.as_tensor(split.targets, dtype=torch.long)
 
     train_images, train_labels = to_tensor(train)
     test_images, test_labels = to_tensor(test)
-    class_names = tuple(
-        name.replace("_", " ") for name in train.classes
-    )  # "aquarium_fish" -> "aquarium fish"
+    # "aquarium_fish" -> "aquarium fish"
+    class_names = tuple(class_name.replace("_", " ") for class_name in train.classes)
     return ImageData(
         name, train_images, train_labels, test_images, test_labels, num_classes, mean, std, class_names
     )
@@ -170,19 +270,30 @@ def load_digits(test_fraction: float = 0.2) -> ImageData:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def load_source(source: str, root: str | None = None, download: bool = False) -> ImageData:
-    """Dispatch by name: ``digits``, ``mnist``, ``cifar10``, ``cifar100``.
-
-    Cached per process: a sweep or a test session reads each data set once. Callers never
-    modify the returned tensors (benchmarks index them, which copies).
-    """
-    if source == "digits":
-        return load_digits()
-    if root is None:
-        raise ValueError(f"benchmark.root must be set for source '{source}'")
-    if source == "mnist":
-        return load_mnist(root, download)
-    if source in _CIFAR:
-        return load_cifar(source, root, download)
-    raise ValueError(f"unknown data source '{source}': choose digits, mnist, cifar10 or cifar100")
+# ---- the built-in sources: one entry each ---------------------------------------------------------
+register_source(DataSource("digits", 10, (1, 8, 8), lambda root, download: load_digits(), needs_root=False))
+register_source(DataSource("mnist", 10, (1, 28, 28), load_mnist))
+register_source(
+    torchvision_source(
+        "cifar10",
+        "CIFAR10",
+        "cifar-10-batches-py",
+        10,
+        (3, 32, 32),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+        files="the official python-pickle batches",
+    )
+)
+register_source(
+    torchvision_source(
+        "cifar100",
+        "CIFAR100",
+        "cifar-100-python",
+        100,
+        (3, 32, 32),
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+        files="the official python-pickle batches",
+    )
+)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import torch
 
 from clcore.benchmarks.base import CLBenchmark
 from clcore.benchmarks.sources import ImageData
+from clcore.config_rules import is_int
 
 
 class SplitBenchmark(CLBenchmark):
@@ -25,31 +29,44 @@ class SplitBenchmark(CLBenchmark):
         class_order: list[int] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(source, num_tasks, **kwargs)
-        if classes_per_task < 1:
-            raise ValueError(f"benchmark.classes_per_task must be >= 1, got {classes_per_task}")
+        options = dict(classes_per_task=classes_per_task, class_order=class_order)
+        super().__init__(source, num_tasks, options=options, **kwargs)
         self.classes_per_task = classes_per_task
         self.shuffle_classes = shuffle_classes
         self._given_order = list(class_order) if class_order is not None else None
         self.class_order: list[int] | None = None
 
-    def _check(self, data: ImageData) -> None:
-        needed = self.num_tasks * self.classes_per_task
-        if needed > data.num_classes:
-            raise ValueError(
-                f"benchmark.num_tasks={self.num_tasks} x benchmark.classes_per_task={self.classes_per_task} "
-                f"= {needed} classes, but {data.name} has {data.num_classes}"
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any]) -> list[str]:
+        """The benchmark's rules, and enough classes in the source for the split (its registry entry)."""
+        problems = super().config_problems(options)
+        per_task = options.get("classes_per_task", 2)
+        if not is_int(per_task) or per_task < 1:
+            return problems + [f"benchmark.classes_per_task={per_task!r}: must be an integer >= 1"]
+        entry, num_tasks = cls.source_entry(options), options.get("num_tasks")
+        if entry is None or not is_int(num_tasks) or num_tasks < 1:
+            return problems  # reported by CLBenchmark's rules
+        available, needed = entry.num_classes, num_tasks * per_task
+        if needed > available:
+            fix = (
+                f"benchmark.num_tasks={available // per_task}"
+                if per_task <= available
+                else f"benchmark.classes_per_task={max(1, available // num_tasks)}"
             )
+            problems.append(
+                f"benchmark.num_tasks={num_tasks} x benchmark.classes_per_task={per_task} = {needed} "
+                f"classes, but {entry.name} has {available}: lower one of them (e.g. {fix})"
+            )
+        order = options.get("class_order")
+        if order is not None and not _is_class_order(order, needed, available):
+            problems.append(
+                f"benchmark.class_order must list at least {needed} distinct classes in 0..{available - 1}, got {order}"
+            )
+        return problems
+
+    def _on_load(self, data: ImageData) -> None:
         if self._given_order is not None:
             order = self._given_order
-            if (
-                sorted(order) != sorted(set(order))
-                or not all(0 <= c < data.num_classes for c in order)
-                or len(order) < needed
-            ):
-                raise ValueError(
-                    f"benchmark.class_order must list at least {needed} distinct classes in 0..{data.num_classes - 1}, got {order}"
-                )
         elif self.shuffle_classes:
             generator = torch.Generator().manual_seed(self.seed)
             order = torch.randperm(data.num_classes, generator=generator).tolist()
@@ -61,3 +78,13 @@ class SplitBenchmark(CLBenchmark):
         self.load()
         k = self.classes_per_task
         return self.class_order[task_id * k : (task_id + 1) * k]
+
+
+def _is_class_order(order: Any, needed: int, available: int) -> bool:
+    """At least ``needed`` distinct class ids, each in ``0..available-1``."""
+    return (
+        isinstance(order, Sequence)
+        and not isinstance(order, str)
+        and all(is_int(c) and 0 <= c < available for c in order)
+        and len(set(order)) == len(order) >= needed
+    )

@@ -8,7 +8,7 @@ from clcore.callbacks.base import CLCallback
 
 
 class LogHyperparameters(CLCallback):
-    """Hands ``<output>/config.yaml``, the resolved config the pipeline writes before training, to
+    """Hands ``<output>/config.yaml``, the resolved config the task loop writes before training, to
     every logger once per run, so runs can be filtered and compared by any setting in the W&B or
     TensorBoard interface (``CSVLogger`` writes it to ``logs/hparams.yaml``).
 

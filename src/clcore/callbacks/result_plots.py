@@ -14,7 +14,7 @@ class ResultPlots(CLCallback):
     """Writes ``plots/acc_matrix.png`` and ``plots/average_accuracy.png`` at the end of the sequence.
 
     Drawn once at the end (not per task) so plotting never slows the task loop; the numbers
-    themselves are written after every task by the pipeline.
+    themselves are written after every task by the task loop.
     """
 
     def __init__(self, output_subdir: str = "plots", every_task: bool = False) -> None:

@@ -1,19 +1,71 @@
-"""``clrun``: the Hydra entry point. ``clrun --help`` lists the config groups."""
+"""``clrun``: the Hydra entry point, and ``compose``: the same config for notebooks and other code.
+
+``clrun --help`` lists the config groups.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# Where clrun's configs live (package data, so a non-editable install finds them) and the root one.
+CONFIG_MODULE = "clcore.configs"
+CONFIG_NAME = "config"
 
 
-@hydra.main(version_base="1.3", config_path="pkg://clcore.configs", config_name="config")
+class RefusedConfig(CompactHydraException):
+    """The configuration was refused before anything ran (a ``ConfigError``).
+
+    Hydra prints the message of this exception alone: the problems and their fixes are all the
+    user needs, a traceback through clcore would only bury them.
+    """
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
     # Imported here so that `clrun --help` and config errors answer before torch/lightning load.
     from clcore.clrun.task_loop import run_sequence
+    from clcore.config_rules import ConfigError
 
-    results = run_sequence(cfg)
+    try:
+        results = run_sequence(cfg)
+    except ConfigError as error:
+        raise RefusedConfig(str(error)) from error
     # The return value is what Hydra sweepers (Optuna) optimise: the final average accuracy.
     return results.summary()["average_accuracy"]
+
+
+def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
+    """The config ``clrun <overrides>`` would run, composed from the packaged ``clcore.configs``.
+
+    ``output_dir``: the run's folder (``paths.output_dir``). Without it (and without a
+    ``paths.output_dir=...`` override) it is the folder ``clrun`` would create,
+    ``hydra.run.dir`` relative to the working directory (``outputs/<name>/<date>_<time>``).
+    Hydra's global state is restored afterwards, so this also works inside a running Hydra app.
+    """
+    from hydra import compose as compose_config
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    overrides = [*overrides, *([f"paths.output_dir={output_dir}"] if output_dir is not None else [])]
+    previous = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = compose_config(config_name=CONFIG_NAME, overrides=overrides, return_hydra_config=True)
+    finally:
+        restore_gh_from_backup(previous)
+    # paths.output_dir defaults to ${hydra:runtime.output_dir}, which only a running Hydra job resolves.
+    if str(OmegaConf.to_container(cfg.paths)["output_dir"]).startswith("${hydra:"):
+        cfg.paths.output_dir = str(cfg.hydra.run.dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from clcore.clrun.cli import RefusedConfig
+
 log = logging.getLogger(__name__)
 
 # Final-run metrics of results/summary.json that the aggregate reports (mean and std over jobs).
@@ -56,10 +58,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def record_outcome(config: DictConfig, job_return: JobReturn) -> None:
-    """``results/FAILED`` with the traceback if the job raised; removed when it succeeded."""
+    """``results/FAILED`` with the traceback if the job raised; removed when it succeeded.
+
+    A single run whose configuration was refused leaves its folder as it was (the folder may hold
+    another, finished experiment); its problems are on the screen. In a sweep the marker is written.
+    """
     marker = Path(config.hydra.runtime.output_dir) / "results" / "FAILED"
     if job_return.status == JobStatus.FAILED:
         error = job_return._return_value  # the exception (``.return_value`` would re-raise it)
+        if isinstance(error, RefusedConfig) and config.hydra.mode == RunMode.RUN:
+            return
         _write_atomic(marker, "".join(traceback.format_exception(type(error), error, error.__traceback__)))
     else:
         marker.unlink(missing_ok=True)

@@ -7,9 +7,10 @@
         Trainer(...).test(...)             every seen task, dataloader_idx = task index
         results + checkpoint written, atomically
 
-Before anything is built the config is validated (``clcore.clrun.preflight``: every problem at once),
-and a run whose output folder holds checkpoints of the same config continues after the last
-finished task (``clcore.clrun.resume``).
+Before anything else the pre-flight check (``clcore.clrun.checks``) judges the config, every
+problem at once, loads the benchmark and decides whether the run continues after the last finished
+task of an earlier one (``clcore.clrun.resume``); the loop builds the model around that benchmark
+and writes ``clcore.clrun.checkpoint`` files after each task.
 """
 
 from __future__ import annotations
@@ -22,22 +23,27 @@ from hydra.utils import instantiate
 from lightning import Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from clcore.clrun import resume
 from clcore.algorithms.base import CLAlgorithm
 from clcore.benchmarks.base import CLBenchmark
-from clcore.metrics.results import ContinualResults
-from clcore.utils.atomic import write_json_atomic, write_text_atomic
+from clcore.clrun import checkpoint, resume
+from clcore.clrun.checks import preflight
 from clcore.clrun.instantiate import instantiate_group, instantiate_with_defaults
 from clcore.lightning_speed import default_profiler, entry_points_looked_up_once, use_cached_cuda_check
-from clcore.clrun.preflight import validate_config
+from clcore.metrics.results import ContinualResults
+from clcore.utils.atomic import write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
-def build(cfg: DictConfig) -> tuple[CLBenchmark, CLAlgorithm]:
-    """Benchmark and algorithm from the config; loads the data first so a missing file fails fast."""
-    benchmark: CLBenchmark = instantiate(cfg.benchmark)
-    benchmark.load()
+def build(cfg: DictConfig, benchmark: CLBenchmark | None = None) -> tuple[CLBenchmark, CLAlgorithm]:
+    """Benchmark and algorithm from the config; the model's input size and task count follow the benchmark.
+
+    ``benchmark``: the loaded one of the pre-flight check (``RunPlan.benchmark``), used as it is;
+    without it the benchmark is built and loaded here first, so a missing file fails fast.
+    """
+    if benchmark is None:
+        benchmark = instantiate(cfg.benchmark)
+        benchmark.load()
     channels, height, width = benchmark.image_shape
     backbone = instantiate_with_defaults(
         cfg.backbone,
@@ -100,19 +106,18 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     use_cached_cuda_check()
-    validate_config(cfg)  # before anything is written: a refused run leaves the folder as it was
+    plan = preflight(cfg)  # before anything is written: a refused run leaves the folder as it was
     output_dir = Path(cfg.paths.output_dir)
-    resume_from, _ = resume.resume_plan(cfg)
-    config_digest = resume.config_hash(cfg)
     seed_everything(cfg.seed, workers=True, verbose=False)
-    benchmark, algorithm = build(cfg)
+    benchmark, algorithm = build(cfg, plan.benchmark)
     untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
     results = ContinualResults(benchmark.num_tasks)
-    if resume_from is not None:
+    if plan.resume_from is not None:
         # Also restores the RNG states saved after that task: the next task starts as it would have.
-        results = resume.restore(resume.read_checkpoint(resume_from), algorithm, untrained, callbacks)
-        log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+        saved = checkpoint.read_checkpoint(plan.resume_from)
+        results = checkpoint.restore(saved, algorithm, untrained, callbacks)
+        log.info("resuming from %s: tasks 1-%d done", plan.resume_from, results.tasks_done)
     else:
         resume.clear_previous_run(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -155,8 +160,8 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
             # Last, so the saved RNG state is the one the next task starts from.
             if trainer.is_global_zero and cfg.save_checkpoints:
-                resume.save_checkpoint(
-                    output_dir, task_id, algorithm, results, config_digest, untrained, callbacks
+                checkpoint.save_checkpoint(
+                    output_dir, task_id, algorithm, results, plan.config_hash, untrained, callbacks
                 )
             log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
         if (

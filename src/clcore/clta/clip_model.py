@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from clcore.backbones.clip import CLIPVisualBackbone, load_open_clip
-from clcore.heads.zero_shot_head import ZeroShotHead, build_zero_shot_weights
 from clcore.clta.task_data import TaskData
 from clcore.clta.vision_datasets import Preprocess
+from clcore.heads.zero_shot_head import ZeroShotHead, build_zero_shot_weights
 
 
 class CLIPZeroShotModel:

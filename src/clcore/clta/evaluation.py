@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from clcore.metrics.task_accuracy import top1_accuracy
 from clcore.task_arithmetic import LinearizedModel, TaskVector
 
 EVALUATION_MODES = ("standard", "linear", "posthoc")
@@ -35,20 +36,21 @@ def accuracy(
     batch_size: int = 256,
     num_workers: int = 0,
 ) -> float:
-    """Top-1 accuracy of ``head(encoder(x))`` on ``data`` (a fraction in [0, 1])."""
+    """Top-1 accuracy of ``head(encoder(x))`` on ``data`` (a fraction in [0, 1]), counted by the library's metric."""
+    if len(data) == 0:
+        raise ValueError("cannot measure accuracy on an empty data set")
     encoder.eval()
     head.eval()
     loader = DataLoader(
         data, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
-    correct, seen = 0, 0
-    for images, labels in loader:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        correct += (head(encoder(images)).argmax(dim=1) == labels).sum().item()
-        seen += len(labels)
-    if seen == 0:
-        raise ValueError("cannot measure accuracy on an empty data set")
-    return correct / seen
+
+    def logits_and_labels():
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            yield head(encoder(images)), labels
+
+    return top1_accuracy(logits_and_labels())
 
 
 class EncoderEditor:

@@ -5,12 +5,19 @@ batch 128, cosine learning-rate schedule after a linear warm-up, gradient-norm c
 classification head frozen. Ortiz-Jimenez et al., NeurIPS 2023, Sec. 5: the same recipe on the
 linearised model f(x; theta_0) + J (theta - theta_0) ("linear" mode), whose parameter delta is a
 linear task vector.
+
+The loop is the reference's plain PyTorch loop, not a Lightning module: it fine-tunes one encoder
+on one task outside any continual sequence (no task loop, heads, benchmark, checkpoints or
+callbacks for a Trainer to drive). A Trainer would change nothing that is measured and would put
+its own seeding, device and loader handling between the recipe and the numbers. The parts it has
+in common with the library come from the library: the schedule
+(``clcore.utils.lr_schedules.warmup_cosine``, assigned to the optimiser each step as the
+reference's ``cosine_lr`` does), ``LinearizedModel`` and the task vectors.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from clcore.task_arithmetic import LinearizedModel, LinearTaskVector, TaskVector
+from clcore.utils.lr_schedules import warmup_cosine
 
 FINETUNING_MODES = ("standard", "linear")
 
@@ -35,14 +43,6 @@ class FinetuneSettings:
     max_grad_norm: float | None = 1.0
     num_workers: int = 0
     seed: int = 0
-
-
-def cosine_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup_steps``, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * progress)) * base_lr
 
 
 def _batches_forever(loader: DataLoader):
@@ -87,7 +87,7 @@ def finetune(
     losses = []
     for step, (images, labels) in zip(range(settings.steps), _batches_forever(loader)):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, settings.lr, settings.warmup_steps, settings.steps)
+            group["lr"] = warmup_cosine(step, settings.steps, settings.warmup_steps, base_lr=settings.lr)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         loss = F.cross_entropy(head(model(images)), labels)
         optimizer.zero_grad(set_to_none=True)

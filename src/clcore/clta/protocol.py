@@ -31,12 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from clcore.benchmarks.errors import DataNotFoundError
-from clcore.task_arithmetic import ATLASModel, LinearTaskVector, TaskVector, fit_atlas, merge
 from clcore.clta.evaluation import EVALUATION_MODES, TRAINED_AS, EncoderEditor, accuracy
 from clcore.clta.finetune import FinetuneSettings, finetune
 from clcore.clta.report import markdown_tables
 from clcore.clta.selection import select_addition_alpha, select_negation_alpha
 from clcore.clta.task_data import TaskData, few_shot_indices
+from clcore.task_arithmetic import ATLASModel, LinearTaskVector, TaskVector, fit_atlas, merge
 from clcore.utils.atomic import torch_save_atomic, write_json_atomic, write_text_atomic
 
 RESULTS_JSON = "results/task_arithmetic.json"

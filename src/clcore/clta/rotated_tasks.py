@@ -5,7 +5,8 @@ pre-trained on broad data, and several downstream tasks on which it is weaker. H
 training split is divided once (seeded) into a *pre-training* part (upright images; see
 ``small_mlp.py``) and a *task* part. Task "rot<angle>" is the task part rotated by ``angle``
 degrees, with its own validation split; its test set is the base test set, rotated the same way.
-Rotation is done once, in [0, 1] pixel space so that the uncovered corners are background.
+Rotation is done once, by the library's ``clcore.benchmarks.rotated.rotate`` (RotatedBenchmark's),
+in [0, 1] pixel space so that the uncovered corners are background.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
-from torchvision.transforms.v2 import functional as TF
 
+from clcore.benchmarks.rotated import rotate
 from clcore.benchmarks.sources import MNIST_FILES, ImageData, load_source
 from clcore.clta.task_data import TaskData, split_off
 
@@ -57,7 +58,7 @@ def normalised_images(images: Tensor, data: ImageData, angle: float = 0.0) -> Te
     """uint8 ``[N, C, H, W]`` -> float, rotated by ``angle`` degrees (bilinear), normalised with the base stats."""
     pixels = images.float() / 255.0
     if angle:
-        pixels = TF.rotate(pixels, float(angle), interpolation=TF.InterpolationMode.BILINEAR)
+        pixels = rotate(pixels, angle)
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
     return (pixels - mean) / std

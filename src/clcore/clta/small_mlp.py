@@ -18,6 +18,7 @@ from torch import nn
 from clcore.backbones.mlp import MLP
 from clcore.clta.rotated_tasks import load_base_split, normalised_images
 from clcore.clta.task_data import TaskData
+from clcore.metrics.task_accuracy import top1_accuracy
 
 
 class SmallPretrainedMLP:
@@ -60,7 +61,7 @@ class SmallPretrainedMLP:
         self.pretrain_losses = self._pretrain(images, labels, settings)
         with torch.no_grad():
             test_logits = self.classifier(self.encoder(normalised_images(data.test_images, data)))
-        self.pretrain_test_accuracy = (test_logits.argmax(dim=1) == data.test_labels).float().mean().item()
+        self.pretrain_test_accuracy = top1_accuracy([(test_logits, data.test_labels)])
         self.settings = {
             "base_data": dict(base_data),
             "hidden_dims": list(hidden_dims),

@@ -1,6 +1,13 @@
-"""Per-task test accuracy as a torchmetrics ``Metric`` (correct under DDP)."""
+"""Top-1 accuracy, counted one way for all of clcore: a torchmetrics ``Metric`` per task (correct under
+DDP) and ``top1_accuracy`` over batches for evaluations outside a Trainer (TAK's, ``clta``'s).
+
+Every count is integer sums of correct predictions and of samples, divided once in float64: the
+fraction is the correctly rounded ``correct / seen``, whatever the batching.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
@@ -30,3 +37,19 @@ class TaskAccuracy(Metric):
         """Accuracy per task in [0, 1]; NaN for tasks with no samples in this evaluation."""
         accuracy = self.correct.double() / self.total.double()
         return torch.where(self.total > 0, accuracy, torch.full_like(accuracy, float("nan")))
+
+
+def top1_accuracy(batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """Fraction of samples whose ``logits.argmax(-1)`` is the target, over ``(logits, targets)`` batches.
+
+    Counted by ``TaskAccuracy`` (one task) on the batches' device. The count is this process's own:
+    its callers evaluate whole splits in every process, so there is nothing to reduce across them.
+    """
+    metric = None
+    for logits, targets in batches:
+        if metric is None:
+            metric = TaskAccuracy(num_tasks=1, sync_on_compute=False).to(targets.device)
+        metric.update(logits.argmax(dim=-1), targets, task_id=0)
+    if metric is None or int(metric.total[0]) == 0:
+        raise ValueError("top-1 accuracy needs at least one sample")
+    return float(metric.compute())  # one element (torchmetrics squeezes a one-task result to 0-d)

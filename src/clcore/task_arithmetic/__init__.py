@@ -1,6 +1,7 @@
 """Task arithmetic in pure PyTorch: task vectors, linearised models, merging, aTLAS.
 
-No Lightning here; TAK and the task-arithmetic experiments build on these pieces.
+Importing it loads neither Lightning nor Hydra nor an application (``clcore.clrun``,
+``clcore.clta``); TAK, ``clta`` and your own code build on these pieces.
 """
 
 from clcore.task_arithmetic.atlas import (

@@ -16,19 +16,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clcore.algorithms.tak.algorithm import TAK
+from clcore.algorithms.tak import TAK
 from clcore.algorithms.tak.factors import combined_curvature
+from clcore.algorithms.tak.kfac_penalty import accumulate_factors
 from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
-from clcore.utils.lr_schedules import lr_multiplier
 from clcore.backbones.mlp import MLP
 from clcore.benchmarks import SplitBenchmark
 from clcore.callbacks.base import CLCallback
-from clcore.heads import HeadsTIL
+from clcore.clrun.checks import ConfigError, preflight
 from clcore.clrun.task_loop import run_sequence
-from clcore.algorithms.tak.kfac_penalty import accumulate_factors
+from clcore.heads import HeadsTIL
 from clcore.task_arithmetic.merging import iso
 from clcore.task_arithmetic.task_vectors import TaskVector
-from clcore.clrun.preflight import ConfigError, validate_config
+from clcore.utils.lr_schedules import lr_multiplier
 
 # ---- helpers -------------------------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ def test_bad_options_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="remote"):
         mlp_tak(2, "hf://someone/fisher")
     with pytest.raises(ValueError, match="load_path"):
-        mlp_tak(2, tmp_path, resume=True)
+        mlp_tak(2, tmp_path, load_task_vectors=True)
     with pytest.raises(ValueError, match="selects no parameter"):
         mlp_tak(2, tmp_path, ft_linears=False)
     with pytest.raises(ValueError, match="train_percent"):
@@ -299,7 +299,7 @@ CLIP_TAK = [
     "algorithm.alpha_sweep_start=0.5",
     "algorithm.alpha_sweep_end=1.5",
     "algorithm.alpha_sweep_step=0.5",
-    "algorithm.save_task_vectors=true",
+    "callbacks.tak_outputs.save_task_vectors=true",
 ]
 
 
@@ -351,13 +351,13 @@ def test_tiny_clip_sequence_merges_sweeps_saves_and_reloads(make_config, tmp_pat
     for name, tensor in algorithm._merged.items():
         torch.testing.assert_close(restored._merged[name].cpu(), tensor.cpu())
 
-    # ... and algorithm.resume reloads the saved vectors: nothing trains, the same matrix comes out.
+    # ... and algorithm.load_task_vectors reloads the saved vectors: nothing trains, the same matrix comes out.
     again = KeepAlgorithm()
     reloaded = run_sequence(
         make_config(
             *CLIP_TAK,
             f"algorithm.fisher_cache={tmp_path / 'fisher'}",
-            "algorithm.resume=true",
+            "algorithm.load_task_vectors=true",
             f"algorithm.load_path={out / 'task_vectors'}",
             subdir="second",
         ),
@@ -374,7 +374,7 @@ def test_tiny_clip_sequence_merges_sweeps_saves_and_reloads(make_config, tmp_pat
 def test_clip_experiment_offline_says_what_is_missing(make_config, tmp_path):
     cfg = make_config("experiment=tak_split_cifar100_clip", f"benchmark.root={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match="cifar-100-python"):
-        validate_config(cfg)
+        preflight(cfg)
 
 
 # ---- benchmark support: class names and the model's input convention ------------------------------

@@ -19,9 +19,13 @@ The penalty is added once per optimiser step, i.e. once per virtual batch of ``v
 batches, whose cross-entropy gradients are averaged (gradient accumulation).
 
 After each task its vector tau_t is stored, all vectors so far are merged (``merging``,
-``alpha_merging``) and the pipeline's test loop evaluates theta_0 + merge: the accuracy matrix is
-the merged model's. The last task ends with an alpha sweep written to ``results/alpha_sweep.csv``
-and ``plots/alpha_sweep.png`` in the run folder.
+``alpha_merging``) and the task loop's test loop evaluates theta_0 + merge: the accuracy matrix is
+the merged model's. The last task ends with an alpha sweep (``alpha_sweep_points``). The algorithm
+writes no file: the ``TAKOutputs`` callback (``clcore.algorithms.tak.outputs``) writes the sweep and,
+when asked, the task vectors into the run folder.
+
+Options: every rule about them is in ``TAK.config_problems``, which the constructor and ``clrun``'s
+pre-flight check both read, so a bad value is reported with all the others before anything trains.
 
 Curvature: where the factors come from (``load_fisher``) ---------------------------------------
 The factors of task s are computed once at theta_0 from task s's training data and cached on disk
@@ -46,10 +50,11 @@ Training uses the current task's logits only (as the reference); testing uses th
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -57,22 +62,24 @@ from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
 from clcore.algorithms.base import CLAlgorithm
-from clcore.algorithms.tak.alpha_sweep import SweepPoint, write_alpha_sweep
+from clcore.algorithms.tak.alpha_sweep import SweepPoint
 from clcore.algorithms.tak.clip_kfac_ready import make_kfac_ready
 from clcore.algorithms.tak.evaluation import task_accuracy
-from clcore.algorithms.tak.factors import TaskFactorStore, combined_curvature, samples_for_factors
+from clcore.algorithms.tak.factors import PRECISIONS, TaskFactorStore, combined_curvature, is_train_percent
 from clcore.algorithms.tak.fisher_cache import REMOTE_PREFIXES
 from clcore.algorithms.tak.heads import task_head, write_frozen_head
 from clcore.algorithms.tak.kfac_penalty import kfac_penalty
-from clcore.algorithms.tak.merging import check_alpha, library_alpha, merge_task_vectors, sweep_values
+from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
 from clcore.algorithms.tak.parameters import select_parameters
-from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
+from clcore.algorithms.tak.task_vector_files import read_task_vector, task_vector_file
 from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
 from clcore.backbones.base import CLBackbone
 from clcore.backbones.clip import CLIPVisualBackbone
+from clcore.config_rules import is_int, is_number, is_positive_finite
 from clcore.heads.base import CLHeads
 from clcore.heads.dil import HeadDIL
-from clcore.utils.atomic import torch_save_atomic
+from clcore.task_arithmetic.merging import MERGE_METHODS
+from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +134,15 @@ class TAK(CLAlgorithm):
         alpha_sweep_start: float = 0.1,
         alpha_sweep_end: float = 1.5,
         alpha_sweep_step: float = 0.1,
-        save_task_vectors: bool = False,
-        resume: bool = False,
+        load_task_vectors: bool = False,
         load_path: str | None = None,
         frozen_head: ClassWeights | None = None,
         pretrained_backbone: str | None = None,
     ) -> None:
-        if lr_scheduler is not None:
-            raise ValueError(
-                "TAK schedules the learning rate itself (algorithm.scheduler: cosine | step | none); set lr_scheduler=null"
-            )
-        super().__init__(backbone, heads, optimizer, num_tasks, None, lr_scheduler_monitor)
+        # Every option as given: CLAlgorithm raises all of config_problems' findings at once.
+        options = {"num_tasks": num_tasks, "lr_scheduler": lr_scheduler, **_own_options(TAK, locals())}
+        super().__init__(backbone, heads, optimizer, num_tasks, None, lr_scheduler_monitor, options=options)
         self.automatic_optimization = False  # virtual batches: the penalty joins once per optimiser step
-        _check_options(virtual_bs_n, scheduler, reg_lambda, merging, alpha_merging)
-        _check_fisher_and_resume_options(num_tasks, fisher_cache, fisher_task_id, resume, load_path)
-        samples_for_factors(train_percent, 1)  # fails now on a malformed value, not after training task 1
         self.sweep_alphas = sweep_values(alpha_sweep_start, alpha_sweep_end, alpha_sweep_step)
         if pretrained_backbone is not None:
             backbone.load_state_dict(torch.load(pretrained_backbone, map_location="cpu", weights_only=True))
@@ -189,8 +190,7 @@ class TAK(CLAlgorithm):
         self.alpha_merging = alpha_merging
         self.dare_p = dare_p
         self.ties_k = ties_k
-        self.save_task_vectors = save_task_vectors
-        self.resume = resume
+        self.load_task_vectors = load_task_vectors
         self.load_path = load_path
         self.frozen_head = frozen_head
 
@@ -199,6 +199,7 @@ class TAK(CLAlgorithm):
         self.single_task_accuracy: list[float] = []  # task t with tau_t alone, right after training
         self.fisher_seconds: list[float] = []  # time spent computing (not loading) factors per task
         self.task_vector_loaded: list[bool] = []
+        self.alpha_sweep_points: list[SweepPoint] = []  # the final sweep, once the last task ended
         # Per-task state.
         self.curvature: list | None = None  # [(weight, KFACFactors)] for kfac_penalty, or None: no penalty
         self.evaluate_merged = False  # test with theta_0 + merge (True after a task ends)
@@ -207,6 +208,112 @@ class TAK(CLAlgorithm):
         self._benchmark = None
         self._heads_written: set[int] = set()
         self._batches_since_step = 0
+
+    # ---- the rules: one place, read by the constructor and by clrun's pre-flight check ---------
+    @classmethod
+    def config_problems(cls, options, *, paradigm=None, backbone_type=None) -> list[str]:
+        """The setting's rules (``CLAlgorithm``) and every rule of TAK's own options, each with its fix.
+
+        ``options`` are the ``algorithm.*`` keys as plain data (an absent key takes the constructor's
+        default); ``num_tasks`` and ``lr_scheduler`` are read where given (the constructor gives them).
+        What can only be known from the built backbone (whether the ``ft_*`` flags select any of its
+        parameters) is checked when it is built.
+        """
+        problems = super().config_problems(options, paradigm=paradigm, backbone_type=backbone_type)
+        given = {**_option_defaults(TAK), **options}
+        num_tasks = given.get("num_tasks")
+
+        if given.get("lr_scheduler") is not None:
+            problems.append(
+                "lr_scheduler is set, but TAK schedules the learning rate itself (algorithm.scheduler: "
+                f"{' | '.join(SCHEDULES)}): set lr_scheduler=null"
+            )
+        # The penalty lambda * R(tau) (Sec. 4): 0 switches it off.
+        reg_lambda = given["reg_lambda"]
+        if not (is_number(reg_lambda) and math.isfinite(reg_lambda) and reg_lambda >= 0):
+            problems.append(
+                f"algorithm.reg_lambda={reg_lambda!r}: must be a finite number >= 0 (0: no penalty)"
+            )
+
+        # The KFAC factors at theta_0: where they are cached, which task, how many examples.
+        fisher_cache = given["fisher_cache"]
+        if isinstance(fisher_cache, str) and fisher_cache.startswith(REMOTE_PREFIXES):
+            problems.append(
+                f"algorithm.fisher_cache={fisher_cache!r} is remote; only local folders work offline: download "
+                "the factor files (kfac-*.pt) into a local folder and set algorithm.fisher_cache to it"
+            )
+        fisher_task_id = given["fisher_task_id"]
+        highest = num_tasks if is_int(num_tasks) else None  # the pre-flight check may not know T
+        in_range = (
+            is_int(fisher_task_id) and fisher_task_id >= 1 and (highest is None or fisher_task_id <= highest)
+        )
+        if fisher_task_id is not None and not in_range:
+            problems.append(
+                f"algorithm.fisher_task_id={fisher_task_id!r}: must be a task number in 1..{highest or 'T'} "
+                "(1-based), or null to store every task's factors"
+            )
+        train_percent = given["train_percent"]
+        if not is_train_percent(train_percent):
+            problems.append(
+                f"algorithm.train_percent={train_percent!r}: must be a fraction of the training set in (0, 1] "
+                "(a float, 1.0 = all) or a number of examples >= 1 (an integer)"
+            )
+        samples = given["fisher_num_samples_expectation"]
+        if not (is_int(samples) and samples >= 0):
+            problems.append(
+                f"algorithm.fisher_num_samples_expectation={samples!r}: must be an integer >= 0 "
+                "(Monte Carlo projections per example; 0 = exact)"
+            )
+        if given["fp_precision"] not in PRECISIONS:
+            problems.append(
+                f"algorithm.fp_precision={given['fp_precision']!r}: must be one of {', '.join(PRECISIONS)}"
+            )
+
+        # Optimisation: virtual batches and the per-task learning-rate schedule.
+        virtual_bs_n = given["virtual_bs_n"]
+        if not (is_int(virtual_bs_n) and virtual_bs_n >= 1):
+            problems.append(
+                f"algorithm.virtual_bs_n={virtual_bs_n!r}: must be an integer >= 1 (batches per optimiser step)"
+            )
+        if given["scheduler"] not in SCHEDULES:
+            problems.append(
+                f"algorithm.scheduler={given['scheduler']!r}: must be one of {', '.join(SCHEDULES)}"
+            )
+
+        # Merging after each task and the final alpha sweep (``clcore.algorithms.tak.merging``).
+        merging = given["merging"]
+        if merging not in MERGE_METHODS:
+            problems.append(
+                f"algorithm.merging={merging!r} is not a merge method: choose one of {', '.join(sorted(MERGE_METHODS))}"
+            )
+        alpha = given["alpha_merging"]
+        if alpha != "one" and not is_positive_finite(alpha):
+            problems.append(
+                f"algorithm.alpha_merging={alpha!r}: must be a positive finite number or 'one' "
+                "(a coefficient of 1 per task vector)"
+            )
+        # The library checks these only when it merges, i.e. after the first task trained.
+        dare_p, ties_k = given["dare_p"], given["ties_k"]
+        if merging == "dare" and not (is_number(dare_p) and 0 <= dare_p < 1):
+            problems.append(f"algorithm.dare_p={dare_p!r}: DARE's drop probability must be in [0, 1)")
+        if merging == "ties" and not (is_number(ties_k) and 0 < ties_k <= 1):
+            problems.append(f"algorithm.ties_k={ties_k!r}: TIES' fraction of entries kept must be in (0, 1]")
+        sweep = {key: given[key] for key in ("alpha_sweep_start", "alpha_sweep_end", "alpha_sweep_step")}
+        if not (
+            all(is_number(value) and math.isfinite(value) for value in sweep.values())
+            and sweep["alpha_sweep_step"] > 0
+            and sweep["alpha_sweep_end"] >= sweep["alpha_sweep_start"]
+        ):
+            shown = " ".join(f"algorithm.{key}={value!r}" for key, value in sweep.items())
+            problems.append(f"{shown}: the alpha sweep needs finite numbers with step > 0 and end >= start")
+
+        # Task vectors of an earlier run (the reference's --resume / --load_path).
+        if given["load_task_vectors"] and not given["load_path"]:
+            problems.append(
+                "algorithm.load_task_vectors=true needs algorithm.load_path: the task_vectors/ folder of an "
+                "earlier run (written by the TAKOutputs callback with save_task_vectors=true)"
+            )
+        return problems
 
     # ---- the per-task protocol -------------------------------------------------------------
     def setup_task(self, task_id: int, num_classes: int) -> None:
@@ -225,7 +332,7 @@ class TAK(CLAlgorithm):
         self._benchmark = benchmark
         self.evaluate_merged = False
         self._write_frozen_heads(benchmark)
-        if self.resume:
+        if self.load_task_vectors:
             self._loaded_vector = self._load_saved_task_vector(self.task_id)
         computed_before = self.factor_store.computed_seconds
         self.curvature = (
@@ -234,7 +341,7 @@ class TAK(CLAlgorithm):
         _set_at(self.fisher_seconds, self.task_id, self.factor_store.computed_seconds - computed_before)
 
     def on_test_start(self) -> None:
-        # The pipeline may test a task before it trains (forward transfer): its head must exist.
+        # The task loop may test a task before it trains (forward transfer): its head must exist.
         if self.trainer.datamodule is not None:
             self._write_frozen_heads(self.trainer.datamodule)
 
@@ -245,7 +352,7 @@ class TAK(CLAlgorithm):
 
     def on_train_batch_start(self, batch, batch_idx: int):
         if self._loaded_vector is not None:
-            return -1  # this task's vector was loaded (algorithm.resume): skip its training
+            return -1  # this task's vector was loaded (algorithm.load_task_vectors): skip its training
 
     def on_fit_end(self) -> None:
         task = self.task_id
@@ -257,8 +364,6 @@ class TAK(CLAlgorithm):
         _set_at(self.task_vector_loaded, task, self._loaded_vector is not None)
         own = {name: tensor.to(self.device) for name, tensor in vector.items()}
         _set_at(self.single_task_accuracy, task, self._accuracy(task, own))
-        if self.save_task_vectors and self.trainer.is_global_zero:
-            self._save_task_vector(task, vector)
         if self.frozen_head is None and not isinstance(self.heads, HeadDIL):
             task_head(self.heads, task).requires_grad_(False)  # a later task must not move it
         self._merge()
@@ -279,7 +384,7 @@ class TAK(CLAlgorithm):
             "task_vector_loaded": float(self.task_vector_loaded[task_id]),
         }
         if task_id == self.num_tasks - 1 and self.trainer.is_global_zero:
-            self.alpha_sweep()
+            self.alpha_sweep_points = self.alpha_sweep()
         return scalars
 
     # ---- curvature ---------------------------------------------------------------------------
@@ -397,7 +502,7 @@ class TAK(CLAlgorithm):
         return task_accuracy(self._benchmark, task, logits, self.heads.targets, self.device)
 
     def alpha_sweep(self) -> list[SweepPoint]:
-        """Accuracy of the merge of every task vector per alpha; written as CSV and PNG in the run folder.
+        """Accuracy of the merge of every task vector per alpha (``TAKOutputs`` writes it as CSV and PNG).
 
         Alpha a stands for ``alpha_merging = a * T`` (the reference's sweep), i.e. a coefficient of a
         per task vector for ``ta`` / ``dare`` / ``ties``.
@@ -416,13 +521,6 @@ class TAK(CLAlgorithm):
             )
             accuracies = [self._accuracy(task, merged) for task in range(count)]
             points.append(SweepPoint(alpha, accuracies, list(self.single_task_accuracy[:count])))
-        root = Path(self.trainer.default_root_dir)
-        write_alpha_sweep(
-            points,
-            root / "results" / "alpha_sweep.csv",
-            root / "plots" / "alpha_sweep.png",
-            f"TAK, {self.merging} merge of {count} tasks",
-        )
         return points
 
     def _write_frozen_heads(self, benchmark) -> None:
@@ -441,38 +539,19 @@ class TAK(CLAlgorithm):
                 write_frozen_head(head, weight.to(head.weight), bias.to(head.weight))
                 self._heads_written.add(task)
 
-    def _task_vector_path(self, folder: str | Path, task: int) -> Path:
-        return Path(folder) / f"task_{task + 1}.pt"
-
-    def _save_task_vector(self, task: int, vector: dict[str, Tensor]) -> None:
-        """``task_vectors/task_<t>.pt``: readable by ``TaskVector.load``, plus the heads (trainable heads)."""
-        content = {
-            "kind": "linear" if self.tangent else "standard",
-            "vector": vector,
-            "task": task + 1,
-            "heads": {
-                name: tensor.detach().cpu() if isinstance(tensor, Tensor) else tensor
-                for name, tensor in self.heads.state_dict().items()
-            },
-        }
-        torch_save_atomic(
-            self._task_vector_path(Path(self.trainer.default_root_dir) / "task_vectors", task), content
-        )
-
     def _load_saved_task_vector(self, task: int) -> dict[str, Tensor] | None:
-        path = self._task_vector_path(self.load_path, task)
+        """Task ``task``'s vector from ``load_path`` (its heads too), or None: no file, the task trains."""
+        path = task_vector_file(self.load_path, task)
         if not path.is_file():
-            log.warning("TAK resume: no task vector for task %d at %s; training it", task + 1, path)
-            return None
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        expected_kind = "linear" if self.tangent else "standard"
-        if saved.get("kind") != expected_kind or set(saved.get("vector", {})) != set(self.selection.shapes):
-            raise ValueError(
-                f"{path} holds a {saved.get('kind')} task vector over other parameters than this run's "
-                f"{expected_kind} one: was it saved with the same tangent / ft_* options and backbone?"
+            log.warning(
+                "TAK load_task_vectors: no task vector for task %d at %s; training it", task + 1, path
             )
+            return None
+        saved = read_task_vector(path, self.tangent, self.selection.shapes)
         self.heads.load_state_dict(saved["heads"])
-        log.info("TAK resume: task %d's vector loaded from %s; its training is skipped", task + 1, path)
+        log.info(
+            "TAK load_task_vectors: task %d's vector loaded from %s; its training is skipped", task + 1, path
+        )
         return saved["vector"]
 
     # ---- checkpointed state --------------------------------------------------------------------
@@ -503,30 +582,13 @@ def _set_at(values: list, index: int, value) -> None:
         raise IndexError(f"task {index + 1} ended before task {len(values) + 1}")
 
 
-def _check_options(virtual_bs_n, scheduler, reg_lambda, merging, alpha_merging) -> None:
-    if not isinstance(virtual_bs_n, int) or virtual_bs_n < 1:
-        raise ValueError(f"virtual_bs_n must be an integer >= 1, got {virtual_bs_n!r}")
-    if scheduler not in SCHEDULES:
-        raise ValueError(f"scheduler must be one of {SCHEDULES}, got {scheduler!r}")
-    if not reg_lambda >= 0:
-        raise ValueError(f"reg_lambda must be >= 0, got {reg_lambda!r}")
-    check_alpha(alpha_merging)
-    library_alpha(merging, alpha_merging, 1)  # unknown merging method -> error
+def _option_defaults(algorithm: type) -> dict[str, Any]:
+    """The constructor's default of every option that has one: what an absent config key means."""
+    parameters = inspect.signature(algorithm.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-def _check_fisher_and_resume_options(num_tasks, fisher_cache, fisher_task_id, resume, load_path) -> None:
-    if isinstance(fisher_cache, str) and fisher_cache.startswith(REMOTE_PREFIXES):
-        raise ValueError(
-            f"fisher_cache={fisher_cache!r} is remote, and this machine is offline: download the factor files "
-            f"(kfac-*.pt) into a local folder and set algorithm.fisher_cache to it"
-        )
-    if fisher_task_id is not None and not (
-        isinstance(fisher_task_id, int) and 1 <= fisher_task_id <= num_tasks
-    ):
-        raise ValueError(
-            f"fisher_task_id is a task number in 1..{num_tasks} (or null for every task), got {fisher_task_id!r}"
-        )
-    if resume and not load_path:
-        raise ValueError(
-            "algorithm.resume=true needs algorithm.load_path: the task_vectors/ folder of an earlier run"
-        )
+def _own_options(algorithm: type, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword-only options of ``algorithm``'s constructor, picked from its ``locals()``."""
+    parameters = inspect.signature(algorithm.__init__).parameters.values()
+    return {p.name: arguments[p.name] for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}

@@ -4,7 +4,8 @@ Porrello et al. (ICLR 2026) report task addition with the merging coefficient ch
 (0.1 .. 1.5 in their code). Each row holds one alpha: the merged model's accuracy on every task,
 their mean ("absolute" accuracy) and the mean of accuracy / single-task accuracy ("normalised"
 accuracy, Ortiz-Jimenez et al. 2023), where a task's single-task accuracy is that of its own task
-vector alone, measured right after it trained.
+vector alone, measured right after it trained. ``TAK`` computes the points; the ``TAKOutputs``
+callback writes them with ``write_alpha_sweep``.
 """
 
 from __future__ import annotations

@@ -45,26 +45,22 @@ def model_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def samples_for_factors(train_percent: float | int, num_train: int) -> int:
-    """How many training examples to use: a fraction (float in (0, 1]) or a count (int >= 1).
+def is_train_percent(value: float | int) -> bool:
+    """A fraction of the training set (a float in (0, 1]) or a number of examples (an int >= 1).
 
     As the reference's ``--train_percent``: "If float, it represents the percentage of the
     training set. If integer, it represents the number of samples used." (1.0 = all of them.)
     """
-    if isinstance(train_percent, bool) or not isinstance(train_percent, (int, float)):
-        raise ValueError(
-            f"train_percent must be a fraction in (0, 1] or a sample count, got {train_percent!r}"
-        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0
+
+
+def samples_for_factors(train_percent: float | int, num_train: int) -> int:
+    """How many of ``num_train`` training examples to use (``train_percent`` as ``is_train_percent``;
+    ``TAK.config_problems`` refuses any other value before anything is built)."""
     if isinstance(train_percent, int):
-        if train_percent < 1:
-            raise ValueError(
-                f"an integer train_percent is a number of samples and must be >= 1, got {train_percent}"
-            )
         return min(train_percent, num_train)
-    if not 0.0 < train_percent <= 1.0:
-        raise ValueError(
-            f"a float train_percent is a fraction of the training set and must be in (0, 1], got {train_percent}"
-        )
     return max(1, math.ceil(train_percent * num_train))
 
 
@@ -85,12 +81,7 @@ class TaskFactorStore:
     computed_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"fp_precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.num_samples < 0:
-            raise ValueError(
-                f"fisher_num_samples_expectation must be >= 0 (0 = exact), got {self.num_samples}"
-            )
+        # precision and num_samples are TAK's options, checked by TAK.config_problems
         self._model_digest: str | None = None
         self._in_memory: dict[int, KFACFactors] = {}  # only without a cache folder
 

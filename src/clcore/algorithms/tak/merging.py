@@ -27,28 +27,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from clcore.task_arithmetic.merging import MERGE_METHODS, merge
+from clcore.task_arithmetic.merging import merge
 from clcore.task_arithmetic.task_vectors import LinearTaskVector, TaskVector
 
 PER_VECTOR_METHODS = ("ta", "dare", "ties")  # alpha is divided by the number of merged vectors
 
 
-def check_alpha(alpha_merging: float | str) -> None:
-    if alpha_merging == "one":
-        return
-    if (
-        isinstance(alpha_merging, bool)
-        or not isinstance(alpha_merging, (int, float))
-        or not alpha_merging > 0
-    ):
-        raise ValueError(f"alpha_merging must be a positive number or 'one', got {alpha_merging!r}")
-
-
 def library_alpha(method: str, alpha_merging: float | str, num_merged: int) -> float:
-    """The ``alpha`` knob of ``merging.merge`` that gives the reference's scaling (module docstring)."""
-    if method not in MERGE_METHODS:
-        raise ValueError(f"unknown merging method {method!r}; choose one of {sorted(MERGE_METHODS)}")
-    check_alpha(alpha_merging)
+    """The ``alpha`` knob of ``merging.merge`` that gives the reference's scaling (module docstring).
+
+    ``alpha_merging`` is ``'one'`` or a positive number (``TAK.config_problems`` refuses others).
+    """
     if alpha_merging == "one":
         return 1.0
     return float(alpha_merging) / num_merged if method in PER_VECTOR_METHODS else float(alpha_merging)
@@ -77,8 +66,9 @@ def merge_task_vectors(
 
 
 def sweep_values(start: float, end: float, step: float) -> list[float]:
-    """start, start + step, ..., up to end inclusive (rounded to 6 digits: no 0.30000000000000004)."""
-    if step <= 0 or end < start:
-        raise ValueError(f"alpha sweep needs step > 0 and end >= start, got {start}..{end} step {step}")
+    """start, start + step, ..., up to end inclusive (rounded to 6 digits: no 0.30000000000000004).
+
+    Needs step > 0 and end >= start (``TAK.config_problems`` refuses other sweeps).
+    """
     count = int((end - start) / step + 1e-9) + 1
     return [round(start + index * step, 6) for index in range(count)]

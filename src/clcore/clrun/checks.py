@@ -1,0 +1,274 @@
+"""The pre-flight check: the composed config judged before anything trains, and what it built for the run.
+
+A run that fails after an hour on a typo, or one problem per attempt, wastes more time than the
+checks cost. ``preflight`` collects every problem and raises one ``ConfigError`` listing all of
+them, each with what to change. The rules of a class are the class's own ``config_problems``
+(``clcore.config_rules``), read here from the config's plain options before anything is built:
+the benchmark's (with its data source's registry entry: class count, root), the backbone's (for a
+run of ``benchmark.num_tasks`` tasks) and the algorithm's (in the setting of the configured heads'
+paradigm and backbone class). This module adds only what belongs to no class: importable
+``_target_``s of the right base class, options a constructor does not take, the optimiser, the
+trainer's bounds, the seed, and whether the output folder can be resumed from.
+
+Last it loads the benchmark's data (missing files are named) and builds the benchmark, once: the
+``RunPlan`` it returns hands that benchmark, the checkpoint to resume from and the config hash to
+the task loop, which neither loads the data nor reads the output folder again.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.utils import _locate  # hydra.utils.get_class would also log each failure
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from clcore.algorithms.base import CLAlgorithm
+from clcore.backbones.base import CLBackbone
+from clcore.benchmarks.base import CLBenchmark
+from clcore.benchmarks.errors import DataNotFoundError
+from clcore.benchmarks.sources import load_source
+from clcore.clrun import resume
+from clcore.config_rules import ConfigError, is_int, is_number, raise_if_problems
+from clcore.heads.base import CLHeads
+
+__all__ = ["ConfigError", "RunPlan", "preflight"]
+
+# Config group -> the base class its _target_ must extend.
+GROUP_BASES = {
+    "algorithm": CLAlgorithm,
+    "backbone": CLBackbone,
+    "paradigm": CLHeads,
+    "benchmark": CLBenchmark,
+}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the pre-flight check established, for the task loop to use as it is.
+
+    ``benchmark``: built from ``cfg.benchmark`` with its data loaded. ``resume_from``: the
+    checkpoint the run continues from (None: start fresh). ``config_hash``: the configuration's
+    hash, written into every checkpoint (``clcore.clrun.resume.config_hash``).
+    """
+
+    benchmark: CLBenchmark
+    resume_from: Path | None
+    config_hash: str
+
+
+def preflight(cfg: DictConfig) -> RunPlan:
+    """Check ``cfg`` and load its benchmark; raise one ``ConfigError`` listing every problem."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as error:
+        raise ConfigError([f"the config cannot be resolved: {error}"]) from error
+    located, problems = _located_groups(plain)
+    benchmark_problems = _benchmark_problems(plain, located["benchmark"])
+    problems += benchmark_problems
+    problems += _model_problems(plain, located)
+    problems += _training_problems(plain)
+    resume_from, resume_problems = _resume_plan(cfg)
+    problems += resume_problems
+    # Last, as they read the data set: missing files are named whatever else is wrong.
+    data_problems = _data_file_problems(_options(plain, "benchmark"))
+    problems += data_problems
+    benchmark = None
+    if located["benchmark"] is not None and not benchmark_problems and not data_problems:
+        benchmark, build_problems = _loaded_benchmark(cfg.benchmark)
+        problems += build_problems
+    raise_if_problems(problems)
+    return RunPlan(benchmark=benchmark, resume_from=resume_from, config_hash=resume.config_hash(cfg))
+
+
+# ---- targets: importable, and of the right base class -------------------------------------------
+def _targets(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted path, target)`` for every ``_target_`` in the config."""
+    if isinstance(node, dict):
+        if isinstance(node.get("_target_"), str):
+            yield path, node["_target_"]
+        for key, value in node.items():
+            yield from _targets(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _targets(value, f"{path}[{index}]")
+
+
+def _locatable(target: str) -> Any | None:
+    try:
+        return _locate(target)
+    except Exception:
+        return None
+
+
+def _located_groups(plain: dict) -> tuple[dict[str, Any], list[str]]:
+    """Each group's located ``_target_`` (None where missing or wrong), and every target problem."""
+    problems = [
+        f"{path}._target_={target!r} cannot be imported: check the spelling, or install the package that provides it"
+        for path, target in _targets(plain)
+        if _locatable(target) is None
+    ]
+    located = {}
+    for group, base in GROUP_BASES.items():
+        target = (plain.get(group) or {}).get("_target_")
+        located[group] = _locatable(target) if isinstance(target, str) else None
+        if target is None:
+            problems.append(f"{group}._target_ is not set: choose a {group} config ({group}=<name>)")
+        # A factory function is fine (it may return the right type); a class must be the right one.
+        elif isinstance(located[group], type) and not issubclass(located[group], base):
+            problems.append(
+                f"{group}._target_={target!r} is a {located[group].__name__}, not a {base.__name__} subclass"
+            )
+            located[group] = None
+    return located, problems
+
+
+# ---- the classes' own rules, read from the config's plain options ---------------------------------
+def _options(plain: dict, group: str) -> dict:
+    """A group's constructor options: its keys without Hydra's (``_target_``, ``_partial_``, ...)."""
+    node = plain.get(group)
+    return (
+        {key: value for key, value in node.items() if not str(key).startswith("_")}
+        if isinstance(node, dict)
+        else {}
+    )
+
+
+def _benchmark_problems(plain: dict, benchmark_class: Any) -> list[str]:
+    if not isinstance(benchmark_class, type):
+        return []
+    options = _options(plain, "benchmark")
+    return benchmark_class.config_problems(options) + _unknown_option_problems(
+        "benchmark", benchmark_class, options
+    )
+
+
+def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
+    """The backbone's rules for this run, and the algorithm's in this paradigm with this backbone."""
+    backbone, heads, algorithm = (
+        located[group] if isinstance(located[group], type) else None
+        for group in ("backbone", "paradigm", "algorithm")
+    )
+    run_tasks = _options(plain, "benchmark").get("num_tasks")
+    problems = []
+    if backbone is not None:
+        options = _options(plain, "backbone")
+        problems += backbone.config_problems(options, num_tasks=run_tasks if is_int(run_tasks) else None)
+        problems += _unknown_option_problems("backbone", backbone, options)
+    if heads is not None:
+        problems += _unknown_option_problems("paradigm", heads, _options(plain, "paradigm"))
+    if algorithm is not None:
+        options = _options(plain, "algorithm")
+        paradigm = (heads.paradigm or None) if heads is not None else None
+        problems += algorithm.config_problems(options, paradigm=paradigm, backbone_type=backbone)
+        problems += _unknown_option_problems("algorithm", algorithm, options)
+    return problems
+
+
+def _accepted_options(cls: type) -> set[str] | None:
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO; None: any."""
+    accepted = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
+        accepted |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return accepted
+    return None
+
+
+def _unknown_option_problems(group: str, cls: type, options: dict) -> list[str]:
+    """Config keys the constructor does not take: Hydra would fail on them when building the run."""
+    accepted = _accepted_options(cls)
+    if accepted is None:
+        return []
+    problems = []
+    for key in sorted(set(options) - accepted):
+        close = difflib.get_close_matches(key, sorted(accepted), n=1)
+        fix = f"did you mean {group}.{close[0]}?" if close else f"it takes {', '.join(sorted(accepted))}"
+        problems.append(
+            f"{group}.{key} is not an option of {cls.__name__}: remove it, or fix its name ({fix})"
+        )
+    return problems
+
+
+# ---- what belongs to no class: optimiser, trainer, seed ------------------------------------------
+def _training_problems(plain: dict) -> list[str]:
+    problems = []
+    optimizer = plain.get("optimizer") or {}
+    if "lr" in optimizer:
+        lr = optimizer["lr"]
+        if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
+            problems.append(
+                f"optimizer.lr={lr!r}: the learning rate must be a positive finite number (e.g. optimizer.lr=0.001)"
+            )
+    for key in ("weight_decay", "momentum"):
+        value = optimizer.get(key)
+        if value is not None and (not is_number(value) or not math.isfinite(value) or value < 0):
+            problems.append(f"optimizer.{key}={value!r}: must be a finite number >= 0")
+    trainer = plain.get("trainer") or {}
+    max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
+    bounded_by_steps = is_int(max_steps) and max_steps >= 1
+    if max_steps not in (None, -1) and not bounded_by_steps:
+        problems.append(f"trainer.max_steps={max_steps!r}: must be an integer >= 1, or -1 for no step limit")
+    if not (is_int(max_epochs) and max_epochs >= 1) and not (max_epochs in (None, -1) and bounded_by_steps):
+        problems.append(
+            f"trainer.max_epochs={max_epochs!r}: each task must train for a bounded time: an integer >= 1 (or set trainer.max_steps)"
+        )
+    limit = trainer.get("limit_train_batches")
+    if limit is not None and (not is_number(limit) or limit <= 0):
+        problems.append(
+            f"trainer.limit_train_batches={limit!r}: would train on nothing; use a fraction in (0, 1], a count >= 1, or null"
+        )
+    seed = plain.get("seed")
+    if not is_int(seed) or not 0 <= seed < 2**32:
+        problems.append(
+            f"seed={seed!r}: must be an integer in [0, 2**32) (outside it Lightning silently draws a random seed)"
+        )
+    return problems
+
+
+def _resume_plan(cfg: DictConfig) -> tuple[Path | None, list[str]]:
+    try:
+        return resume.resume_plan(cfg)
+    except Exception as error:  # e.g. an unreadable output folder
+        return None, [f"cannot check the output folder for a run to resume: {error}"]
+
+
+# ---- the data, loaded once ------------------------------------------------------------------------
+def _data_file_problems(options: dict) -> list[str]:
+    """Missing data files, named, whatever else is wrong with the benchmark config.
+
+    The data set stays in ``load_source``'s cache, so building the benchmark reads no file again.
+    """
+    entry, root = CLBenchmark.source_entry(options), options.get("root")
+    if entry is None or (entry.needs_root and root is None):
+        return []  # reported by the benchmark's rules
+    try:
+        load_source(entry.name, None if root is None else str(root), bool(options.get("download", False)))
+    except (DataNotFoundError, ValueError) as error:  # ValueError: data unlike its registry entry
+        return [f"benchmark: {error}"]
+    return []
+
+
+def _loaded_benchmark(benchmark_cfg: DictConfig) -> tuple[CLBenchmark | None, list[str]]:
+    """The benchmark built on its data, or the problems only building it shows (from a factory target)."""
+    try:
+        benchmark = instantiate(benchmark_cfg)
+        benchmark.load()
+    except Exception as error:
+        # Hydra wraps constructor errors; the user needs the constructor's own message.
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        return None, cause.problems if isinstance(cause, ConfigError) else [f"benchmark: {cause}"]
+    if not isinstance(benchmark, CLBenchmark):
+        return None, [f"benchmark._target_ built a {type(benchmark).__name__}, not a CLBenchmark"]
+    return benchmark, []

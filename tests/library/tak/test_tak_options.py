@@ -1,0 +1,93 @@
+"""TAK's option rules live in ``TAK.config_problems``: the constructor raises exactly what it returns
+(the pre-flight check reads the same method), every problem at once, and the packaged configs pass."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from clcore.algorithms.tak import TAK
+from clcore.backbones.mlp import MLP
+from clcore.config_rules import ConfigError
+from tests.library.tak.test_tak import mlp_tak
+
+# (options, words the problem must contain); each case breaks exactly one rule.
+BAD_OPTIONS = [
+    ({"merging": "average"}, ["algorithm.merging='average' is not a merge method", "ties"]),
+    ({"alpha_merging": -0.5}, ["algorithm.alpha_merging=-0.5", "'one'"]),
+    ({"alpha_merging": "two"}, ["algorithm.alpha_merging='two'", "'one'"]),
+    ({"alpha_merging": math.inf}, ["algorithm.alpha_merging=inf"]),
+    ({"fisher_cache": "hf://someone/fisher"}, ["algorithm.fisher_cache='hf://someone/fisher'", "remote"]),
+    ({"fisher_cache": "https://example.org/kfac"}, ["algorithm.fisher_cache", "remote", "local folder"]),
+    ({"fisher_task_id": 3}, ["algorithm.fisher_task_id=3", "1..2"]),
+    ({"fisher_task_id": 0}, ["algorithm.fisher_task_id=0"]),
+    ({"train_percent": 1.5}, ["algorithm.train_percent=1.5", "(0, 1]"]),
+    ({"train_percent": 0}, ["algorithm.train_percent=0", ">= 1"]),
+    ({"train_percent": "all"}, ["algorithm.train_percent='all'"]),
+    ({"fisher_num_samples_expectation": -1}, ["algorithm.fisher_num_samples_expectation=-1", ">= 0"]),
+    ({"fp_precision": "fp16"}, ["algorithm.fp_precision='fp16'", "fp32, fp64"]),
+    ({"virtual_bs_n": 0}, ["algorithm.virtual_bs_n=0", ">= 1"]),
+    ({"virtual_bs_n": 1.5}, ["algorithm.virtual_bs_n=1.5"]),
+    ({"scheduler": "linear"}, ["algorithm.scheduler='linear'", "cosine, step, none"]),
+    ({"reg_lambda": -1.0}, ["algorithm.reg_lambda=-1.0", ">= 0"]),
+    ({"reg_lambda": math.nan}, ["algorithm.reg_lambda=nan"]),
+    ({"merging": "dare", "dare_p": 1.0}, ["algorithm.dare_p=1.0", "[0, 1)"]),
+    ({"merging": "ties", "ties_k": 0.0}, ["algorithm.ties_k=0.0", "(0, 1]"]),
+    ({"alpha_sweep_step": 0.0}, ["algorithm.alpha_sweep_step=0.0", "step > 0"]),
+    ({"alpha_sweep_start": 1.0, "alpha_sweep_end": 0.5}, ["algorithm.alpha_sweep_end=0.5", "end >= start"]),
+    ({"load_task_vectors": True}, ["algorithm.load_task_vectors=true needs algorithm.load_path"]),
+    (
+        {"lr_scheduler": functools.partial(torch.optim.lr_scheduler.StepLR, step_size=1)},
+        ["lr_scheduler=null"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    BAD_OPTIONS,
+    ids=[",".join(options) + f"-{i}" for i, (options, _) in enumerate(BAD_OPTIONS)],
+)
+def test_each_rule_is_refused_identically_by_config_problems_and_the_constructor(tmp_path, options, words):
+    # mlp_tak's own options (a local cache, load_fisher, train_percent) are valid; the case overrides them.
+    given = {"load_fisher": True, "fisher_cache": str(tmp_path), "train_percent": 0.5, **options}
+    problems = TAK.config_problems({"num_tasks": 2, **given}, paradigm="til", backbone_type=MLP)
+    assert len(problems) == 1, problems
+    for word in words:
+        assert word in problems[0], f"{word!r} not in {problems[0]!r}"
+    with pytest.raises(ConfigError) as refused:
+        mlp_tak(2, tmp_path, **options)
+    assert refused.value.problems == problems
+
+
+def test_the_constructor_reports_every_problem_at_once(tmp_path):
+    bad = {"merging": "average", "alpha_merging": 0, "virtual_bs_n": 0, "load_task_vectors": True}
+    with pytest.raises(ConfigError) as refused:
+        mlp_tak(2, "hf://someone/fisher", **bad)
+    message = str(refused.value)
+    assert message.startswith("5 problem(s) with the configuration; nothing was trained:")
+    for key in ("merging", "alpha_merging", "virtual_bs_n", "load_task_vectors", "fisher_cache"):
+        assert f"algorithm.{key}" in message
+
+
+def test_absent_options_take_the_constructor_defaults_and_those_pass():
+    assert TAK.config_problems({}) == []
+    assert TAK.config_problems({"fisher_task_id": 7}) == []  # without num_tasks only 1-based is checked
+    assert TAK.config_problems({"load_task_vectors": True, "load_path": "runs/a/task_vectors"}) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["algorithm=tak"], ["experiment=tak_small_mnist"], ["experiment=tak_split_cifar100_clip"]],
+)
+def test_the_packaged_configs_follow_the_rules(make_config, overrides):
+    cfg = make_config(*overrides)
+    options = OmegaConf.to_container(cfg.algorithm, resolve=True)
+    paradigm, backbone = get_class(cfg.paradigm._target_).paradigm, get_class(cfg.backbone._target_)
+    assert TAK.config_problems(options, paradigm=paradigm, backbone_type=backbone) == []
+    assert TAK.config_problems({**options, "merging": "median"}) != []  # the options do reach the rules
