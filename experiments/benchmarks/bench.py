@@ -203,7 +203,7 @@ def main() -> None:
         args.root = None
     torch.set_num_threads(args.threads)
     # Lightning sets this on import; a hand-written loop never has it, and clcore's pipeline
-    # removes it on GPU-less machines (see clcore.clrun.task_loop._use_cached_cuda_check).
+    # removes it on GPU-less machines (see clcore.lightning_speed.use_cached_cuda_check).
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,8 @@ class CLAlgorithm(LightningModule):
 
         ``options`` are the algorithm's own keyword arguments as plain data (the config's
         ``algorithm.*`` keys, or what a subclass's constructor received; a key may be absent
-        and then takes its default); ``paradigm`` and ``backbone_type`` are the heads' paradigm
+        and then takes its default), plus ``num_tasks`` and ``lr_scheduler``, which the task loop
+        gives every constructor; ``paradigm`` and ``backbone_type`` are the heads' paradigm
         and the backbone class, where known. A subclass with options of its own extends this
         and returns ``super().config_problems(...)`` plus its own problems; the constructor
         raises them all at once, and the pre-flight check reports them before anything is built.

@@ -167,7 +167,14 @@ def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
     if algorithm is not None:
         options = _options(plain, "algorithm")
         paradigm = (heads.paradigm or None) if heads is not None else None
-        problems += algorithm.config_problems(options, paradigm=paradigm, backbone_type=backbone)
+        # what the task loop hands every algorithm's constructor besides its own options
+        supplied = {
+            "num_tasks": run_tasks if is_int(run_tasks) else None,
+            "lr_scheduler": plain.get("lr_scheduler"),
+        }
+        problems += algorithm.config_problems(
+            {**options, **supplied}, paradigm=paradigm, backbone_type=backbone
+        )
         problems += _unknown_option_problems("algorithm", algorithm, options)
     return problems
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,22 @@ def test_the_packaged_configs_follow_the_rules(make_config, overrides):
     paradigm, backbone = get_class(cfg.paradigm._target_).paradigm, get_class(cfg.backbone._target_)
     assert TAK.config_problems(options, paradigm=paradigm, backbone_type=backbone) == []
     assert TAK.config_problems({**options, "merging": "median"}) != []  # the options do reach the rules
+
+
+def test_preflight_reads_the_rules_that_depend_on_the_run(make_config):
+    """The task count and the lr_scheduler group reach TAK's rules before anything is built."""
+    from clcore.clrun import preflight
+
+    cfg = make_config(
+        "algorithm=tak",
+        "benchmark=split_digits",
+        "benchmark.num_tasks=2",
+        "algorithm.fisher_task_id=3",
+        "lr_scheduler=plateau",
+    )
+    with pytest.raises(ConfigError) as refused:
+        preflight(cfg)
+    problems = "\n".join(refused.value.problems)
+    assert "algorithm.fisher_task_id=3: must be a task number in 1..2" in problems
+    assert "set lr_scheduler=null" in problems
+    assert not Path(cfg.paths.output_dir, "config.yaml").exists()  # refused before anything was written
