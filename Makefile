@@ -18,12 +18,12 @@ test-fast:  ## unit tests only (no end-to-end runs)
 	$(BIN)/python -m pytest tests -m "not slow"
 
 lint:
-	$(BIN)/ruff check src tests experiments scripts
-	$(BIN)/ruff format --check src tests experiments scripts
+	$(BIN)/ruff check src tests experiments scripts docs/examples
+	$(BIN)/ruff format --check src tests experiments scripts docs/examples
 
 format:
-	$(BIN)/ruff check --fix src tests experiments
-	$(BIN)/ruff format src tests experiments
+	$(BIN)/ruff check --fix src tests experiments scripts docs/examples
+	$(BIN)/ruff format src tests experiments scripts docs/examples
 
 run:  ## the offline default experiment (override with ARGS="experiment=hat_pmnist ...")
 	$(BIN)/clrun $(ARGS)
