@@ -34,5 +34,10 @@ docs:  ## documentation site into site/
 bench:  ## clrun versus a hand-written PyTorch loop (experiments/benchmarks/)
 	$(BIN)/python experiments/benchmarks/bench.py
 
+.PHONY: bench-peers
+bench-peers:  ## opt-in: clrun side by side with CLArena 1.1.0 and Avalanche 0.6 (own venvs in ~/.cache/clcore-peers)
+	bash experiments/benchmarks/peers/setup.sh
+	$(BIN)/python experiments/benchmarks/peers/run_peers.py
+
 clean:
 	rm -rf outputs multirun site .pytest_cache .ruff_cache

@@ -1,249 +1,471 @@
-"""``make bench``: clrun against a hand-written PyTorch loop on the same data and seeds.
+"""``make bench``: the ``clrun`` commands users type, each default's cost, a hand-written loop, and start-up.
 
-For each algorithm, in one process: (a) the plain loop of ``plain_loops.py``, (b) the same
-run through clcore's pipeline (the composed ``experiment=<algo>_pmnist`` config with matching
-overrides, exactly what ``clrun`` runs). Prints a table of wall time per phase, training
-samples/s and the ratio clrun / plain, checks both reached the same accuracies, and writes
-``results.json``. Then the growth table (5 / 10 / 20 tasks) and the start-up time of ``clrun``.
+Every timed run is its own process, launched as a user launches it:
 
-    python experiments/benchmarks/bench.py --root data/mnist-from-test
+- ``clrun experiment=<algo>_pmnist benchmark.root=<root> trainer.max_epochs=1`` as shipped (progress
+  bar, callbacks, plots, checkpoints, CSV logger, and HAT's mask plots all on);
+- the same with one default switched off, for every default, so each one's cost is a difference;
+- the stripped configuration (every default off);
+- ``plain_loops.py``: the same run as a hand-written PyTorch loop (the accuracies must match to the last bit).
+
+All configurations run round-robin, ``--repeats`` rounds, so that each round sees the same machine;
+costs and ratios are taken per round and their median and range reported. Each ``clrun`` runs on a
+pseudo-terminal, as at a researcher's terminal (the progress bar draws as it would there). Per run:
+
+- **whole process**: launch to exit, measured here;
+- **after imports**: launch to the end of the run, minus the import of torch, Lightning and
+  clcore's task loop, timed inside the real ``clrun`` process by a Hydra job callback
+  (``first_batch.ImportClock``) that does the import ``clrun``'s ``main`` starts with. Python's
+  own start and the import of Hydra (about 0.1 s) stay in it, so it slightly overstates clrun. For
+  the plain loop: from the end of its imports to the end of its work. Both also as **CPU** seconds
+  of the process, which other work on a shared machine disturbs less than wall time;
+- **Python's exit**: from the end of the run to the end of the process (the interpreter's
+  shutdown, which grows with what was imported).
+
+Then start-up: launch to the first training batch of ``clrun`` (and of ``clrun experiment=hat_pmnist``)
+against ``python -c "import lightning"``, interleaved the same way.
+
+    python experiments/benchmarks/bench.py --root data/mnist-from-test --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
+import pty
+import resource
+import shutil
 import statistics
+import struct
 import subprocess
 import sys
+import termios
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+CLRUN = str(Path(sys.executable).with_name("clrun"))
 sys.path.insert(0, str(HERE))
 
 import plain_loops  # noqa: E402
 
-from clcore.benchmarks import PermutedBenchmark  # noqa: E402
-from clcore.callbacks.phase_timer import PhaseTimer  # noqa: E402
-from clcore.clrun.task_loop import run_sequence  # noqa: E402
+# One row each: the default, and the overrides that switch it (alone) off.
+DEFAULTS = {
+    "progress bar": ["trainer.enable_progress_bar=false"],
+    "learning curves": ["callbacks.learning_curves=null"],
+    "hyperparameters to loggers": ["callbacks.hyperparameters=null"],
+    "result plots": ["callbacks.result_plots=null"],
+    "summary table": ["callbacks.summary=null"],
+    "checkpoints": ["save_checkpoints=false"],
+    "CSV logger": ["logger=[]"],
+}
+HAT_DEFAULTS = {"HAT mask plots": ["callbacks.hat_masks=null"]}
+# Every default off: what the earlier benchmark timed. callbacks=none keeps callbacks that an
+# experiment adds (hat_pmnist's mask plots), so those are switched off by name.
+STRIPPED = ["callbacks=none", "trainer.enable_progress_bar=false", "save_checkpoints=false", "logger=[]"]
+FLAG_SHARE = 0.05  # a default costing more than this share of the shipped run is flagged
 
 
-def compose(overrides: list[str], output_dir: Path):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
+@dataclass
+class Setting:
+    """One configuration, timed once per round."""
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="clcore.configs", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    algorithm: str
+    name: str  # "as shipped", "without <default>", "stripped", "plain loop"
+    overrides: list[str] | None  # clrun's arguments; None: the plain loop
+    runs: list[dict] = field(default_factory=list)
 
-
-def task_data(root: str | None, source: str, num_tasks: int, seed: int) -> plain_loops.TaskData:
-    """The exact tensors clcore's benchmark uses (same split, same permutations)."""
-    benchmark = PermutedBenchmark(source, num_tasks, root=root, seed=seed, val_fraction=0.0)
-    benchmark.load()
-    train, test = benchmark.task_split("train", 0), benchmark.task_split("test", 0)
-    return plain_loops.TaskData(
-        train.images,
-        train.labels,
-        test.images,
-        test.labels,
-        benchmark._mean,
-        benchmark._std,
-        benchmark.permutations,
-    )
+    @property
+    def key(self) -> str:
+        return f"{self.algorithm}/{self.name}"
 
 
-def run_clrun(algorithm: str, args, num_tasks: int, output_dir: Path):
-    overrides = [
+def settings_of(algorithm: str, args) -> list[Setting]:
+    shipped = [
         f"experiment={algorithm}_pmnist",
-        f"benchmark.source={args.source}",
-        f"benchmark.root={args.root}" if args.root else "benchmark.root=null",
-        f"benchmark.num_tasks={num_tasks}",
-        "benchmark.val_fraction=0",
-        f"benchmark.batch_size={args.batch_size}",
-        f"benchmark.eval_batch_size={args.eval_batch_size}",
+        f"benchmark.root={args.root}",
         f"trainer.max_epochs={args.epochs}",
-        f"seed={args.seed}",
-        "trainer.enable_progress_bar=false",
-        "callbacks=none",
-        "logger=[]",
-        "save_checkpoints=false",
-        "resume=false",  # repeats reuse the folder: start over, never continue a finished run
     ]
-    timer = PhaseTimer()
-    started = time.perf_counter()
-    cfg = compose(overrides, output_dir)
-    # The plain loop draws no plots: no configured callback at all, including those an
-    # experiment adds on top of callbacks=none (hat_pmnist's mask plots, ~0.4 s at the end).
-    cfg.callbacks = None
-    results = run_sequence(cfg, extra_callbacks=[timer])
-    total = time.perf_counter() - started
-    phases = timer.totals()
-    matrix = [results.acc_matrix[i, : i + 1].tolist() for i in range(num_tasks)]
-    return matrix, {"setup": total - phases["train"] - phases["test"], **phases}
+    if args.tasks is not None:
+        shipped.append(f"benchmark.num_tasks={args.tasks}")
+    defaults = {**DEFAULTS, **(HAT_DEFAULTS if algorithm == "hat" else {})}
+    stripped = STRIPPED + [overrides[0] for name, overrides in HAT_DEFAULTS.items() if name in defaults]
+    return [
+        Setting(algorithm, "plain loop", None),
+        Setting(algorithm, "as shipped", shipped),
+        *(Setting(algorithm, f"without {name}", shipped + overrides) for name, overrides in defaults.items()),
+        Setting(algorithm, "stripped", shipped + stripped),
+    ]
 
 
-PLAIN = {"finetuning": plain_loops.finetuning, "hat": plain_loops.hat}
+def run_in_terminal(command: list[str], log_path: Path, env: dict) -> tuple[float, float, float]:
+    """Run ``command`` with stdout/stderr on a 120x40 pseudo-terminal, its output saved to ``log_path``.
 
-
-def total_seconds(run) -> float:
-    return sum(run[1].values())
-
-
-def compare(algorithm: str, args, num_tasks: int, output_dir: Path) -> dict:
-    """``args.repeats`` interleaved pairs (plain, clrun) of the same run.
-
-    The machine's speed drifts by 10-15% over seconds, so the ratio is taken per pair (two runs
-    a few seconds apart see the same machine) and the median over pairs is reported; the phase
-    times shown are those of each path's fastest run.
+    Returns (launched, exited) wall-clock times and the process's CPU seconds. A terminal, not a
+    pipe, because that is where users see ``clrun``: its progress bar draws as it does there.
     """
-    data = task_data(args.root, args.source, num_tasks, args.seed)
-    plain_runs, clrun_runs = [], []
-    for _ in range(args.repeats):
-        plain_runs.append(
-            PLAIN[algorithm](
-                data, num_tasks, args.seed, args.epochs, args.batch_size, args.eval_batch_size, lr=1e-3
-            )
-        )
-        clrun_runs.append(run_clrun(algorithm, args, num_tasks, output_dir / f"{algorithm}_{num_tasks}"))
-    (plain_matrix, plain_time) = min(plain_runs, key=total_seconds)
-    (clrun_matrix, clrun_time) = min(clrun_runs, key=total_seconds)
-    samples = num_tasks * args.epochs * len(data.train_y)
-    row = {"algorithm": algorithm, "tasks": num_tasks, "train_samples": samples}
-    for name, timing, matrix in (("plain", plain_time, plain_matrix), ("clrun", clrun_time, clrun_matrix)):
-        row[name] = {**{k: round(v, 3) for k, v in timing.items()}, "total": round(sum(timing.values()), 3)}
-        row[name]["train_samples_per_s"] = round(samples / timing["train"], 1)
-        row[name]["final_average_accuracy"] = sum(matrix[-1]) / num_tasks
-    pair_ratios = [total_seconds(c) / total_seconds(p) for p, c in zip(plain_runs, clrun_runs)]
-    row["ratio_total"] = round(statistics.median(pair_ratios), 3)
-    row["ratio_pairs"] = [round(r, 3) for r in pair_ratios]
-    row["ratio_fastest"] = round(row["clrun"]["total"] / row["plain"]["total"], 3)
-    row["ratio_train"] = round(
-        statistics.median(c[1]["train"] / p[1]["train"] for p, c in zip(plain_runs, clrun_runs)), 3
-    )
-    row["test_share_clrun"] = round(clrun_time["test"] / row["clrun"]["total"], 3)
-    # every run of both paths against the first plain run: equal work, to the last bit
-    row["max_accuracy_difference"] = max(
-        abs(a - b)
-        for matrix, _ in plain_runs + clrun_runs
-        for reference_row, run_row in zip(plain_runs[0][0], matrix)
-        for a, b in zip(reference_row, run_row)
-    )
-    return row
-
-
-def startup_seconds(args, launches: int = 3) -> list[float]:
-    """From launching ``clrun`` to its first training batch (imports, config, data, model), per launch."""
-    marker = Path(args.output) / "first_batch_time"
-    command = [
-        str(Path(sys.executable).with_name("clrun")),
-        f"benchmark.source={args.source}",
-        f"benchmark.root={args.root}" if args.root else "benchmark.root=null",
-        "benchmark.num_tasks=1",
-        f"hydra.run.dir={Path(args.output) / 'startup'}",
-        "trainer.enable_progress_bar=false",
-        "+trainer.max_steps=1",
-        "resume=false",
-        "+callbacks.first_batch._target_=first_batch.FirstBatchMarker",
-        f"+callbacks.first_batch.path={marker}",
-    ]
-    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    seconds = []
-    for _ in range(launches):
-        marker.unlink(missing_ok=True)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(log_path, "wb") as log:
         launched = time.time()
-        subprocess.run(command, check=True, capture_output=True, env=env)
-        seconds.append(round(float(marker.read_text()) - launched, 3))
-    return seconds
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+        os.close(slave)
+        while True:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # EIO: every writer of the terminal has exited
+                break
+            if not chunk:
+                break
+            log.write(chunk)
+        code = process.wait()
+        exited = time.time()
+    os.close(master)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        tail = log_path.read_bytes()[-3000:].decode(errors="replace")
+        raise SystemExit(f"{' '.join(command)} failed ({code}):\n{tail}")
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    return launched, exited, cpu
 
 
-def print_table(rows: list[dict]) -> None:
-    header = f"{'algorithm':<11}{'tasks':>6} | {'path':<6}{'setup s':>9}{'train s':>9}{'test s':>8}{'total s':>9}{'samples/s':>11}{'avg acc':>9} | clrun/plain: median of pairs [range]"
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        for name in ("plain", "clrun"):
-            r = row[name]
-            pairs = row["ratio_pairs"]
-            ratio = f"{row['ratio_total']:.2f} [{min(pairs):.2f}-{max(pairs):.2f}]" if name == "clrun" else ""
-            print(
-                f"{row['algorithm']:<11}{row['tasks']:>6} | {name:<6}{r['setup']:>9.2f}{r['train']:>9.2f}{r['test']:>8.2f}"
-                f"{r['total']:>9.2f}{r['train_samples_per_s']:>11.0f}{100 * r['final_average_accuracy']:>9.2f} | {ratio}"
+def read_matrix(path: Path) -> list[list[float]]:
+    """``results/acc_matrix.csv`` as rows of the lower triangle."""
+    rows = [line.split(",")[1:] for line in path.read_text().splitlines()[1:]]
+    return [[float(cell) for cell in row if cell] for row in rows]
+
+
+def run_clrun(setting: Setting, folder: Path, env: dict, keep: bool) -> dict:
+    clock = folder.with_suffix(".clock.json")
+    command = [
+        CLRUN,
+        *setting.overrides,
+        f"hydra.run.dir={folder}",  # a fresh folder per run: never resumed from an earlier round
+        "+hydra.callbacks.bench_clock._target_=first_batch.ImportClock",
+        f"+hydra.callbacks.bench_clock.path={clock}",
+    ]
+    launched, exited, _ = run_in_terminal(command, folder.with_suffix(".log"), env)
+    t = json.loads(clock.read_text())
+    summary = json.loads((folder / "results" / "summary.json").read_text())
+    matrix = read_matrix(folder / "results" / "acc_matrix.csv")
+    if not keep:
+        shutil.rmtree(folder)
+    return {
+        "whole": exited - launched,
+        "after_imports": t["job_end"] - launched - (t["import_end"] - t["import_start"]),
+        "cpu_after_imports": t["job_end_cpu"] - (t["import_end_cpu"] - t["import_start_cpu"]),
+        "exit": exited - t["job_end"],
+        "task_loop": sum(summary["task_seconds"]),
+        "matrix": matrix,
+    }
+
+
+def run_plain(setting: Setting, folder: Path, env: dict, shape: dict) -> dict:
+    out = folder.with_suffix(".json")
+    command = [PYTHON, str(HERE / "plain_loops.py"), "--algorithm", setting.algorithm, "--out", str(out)]
+    command += [f"--{name.replace('_', '-')}={value}" for name, value in shape.items()]
+    launched, exited, _ = run_in_terminal(command, folder.with_suffix(".log"), env)
+    t = json.loads(out.read_text())
+    return {
+        "whole": exited - launched,
+        "after_imports": t["end"] - t["imports_done"],
+        "cpu_after_imports": t["end_cpu"] - t["imports_done_cpu"],
+        "exit": exited - t["end"],
+        "task_loop": sum(t["phases"].values()),
+        "matrix": t["matrix"],
+        "phases": t["phases"],
+    }
+
+
+def run_shape(algorithm: str, args) -> dict:
+    """The shipped experiment's sizes, read from its composed config, for the plain loop."""
+    from clcore.clrun.cli import compose
+
+    overrides = [f"experiment={algorithm}_pmnist", f"trainer.max_epochs={args.epochs}"]
+    cfg = compose(
+        overrides + ([f"benchmark.num_tasks={args.tasks}"] if args.tasks else []), output_dir="unused"
+    )
+    return {
+        "root": args.root,
+        "tasks": cfg.benchmark.num_tasks,
+        "seed": cfg.seed,
+        "epochs": cfg.trainer.max_epochs,
+        "batch_size": cfg.benchmark.batch_size,
+        "eval_batch_size": cfg.benchmark.eval_batch_size,
+        "val_fraction": cfg.benchmark.val_fraction,
+        "lr": cfg.optimizer.lr,
+    }
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def text(stats: dict, digits: int = 2) -> str:
+    return f"{stats['median']:.{digits}f} [{stats['min']:.{digits}f}-{stats['max']:.{digits}f}]"
+
+
+MEASURES = ("whole", "after_imports", "cpu_after_imports", "exit", "task_loop")
+
+
+def summarise(algorithm_settings: list[Setting]) -> dict:
+    """Per setting: medians and ranges; per default: its paired cost; the ratios to the plain loop."""
+    by_name = {s.name: s for s in algorithm_settings}
+    shipped, plain = by_name["as shipped"].runs, by_name["plain loop"].runs
+    rows = []
+    for setting in algorithm_settings:
+        runs = setting.runs
+        row = {
+            "setting": setting.name,
+            "command": None if setting.overrides is None else " ".join(["clrun", *setting.overrides]),
+            **{k: spread([r[k] for r in runs]) for k in MEASURES},
+            "final_average_accuracy": sum(runs[0]["matrix"][-1]) / len(runs[0]["matrix"][-1]),
+            "per_round": [{k: round(r[k], 3) for k in MEASURES} for r in runs],
+        }
+        if setting.name.startswith("without ") or setting.name == "stripped":
+            # per round, the shipped run minus this one: what the switched-off defaults cost
+            for k in ("whole", "after_imports", "cpu_after_imports"):
+                row[f"cost_{k}"] = spread([a[k] - b[k] for a, b in zip(shipped, runs)])
+                row[f"cost_share_{k}"] = row[f"cost_{k}"]["median"] / statistics.median(a[k] for a in shipped)
+            share = max(row["cost_share_after_imports"], row["cost_share_cpu_after_imports"])
+            row["flagged"] = setting.name != "stripped" and share > FLAG_SHARE
+        if setting.overrides is not None:
+            for k in ("after_imports", "whole", "cpu_after_imports"):
+                row[f"ratio_to_plain_{k}"] = spread([r[k] / p[k] for p, r in zip(plain, runs)])
+        rows.append(row)
+    # every run against the first plain run: equal work, to the last bit
+    reference = plain[0]["matrix"]
+    difference = max(
+        abs(a - b)
+        for s in algorithm_settings
+        for run in s.runs
+        for ref_row, row in zip(reference, run["matrix"], strict=True)
+        for a, b in zip(ref_row, row, strict=True)
+    )
+    return {"rows": rows, "max_accuracy_difference": difference}
+
+
+IMPORT_LIGHTNING = "python -c 'import lightning'"
+# Stamps the end of the import and leaves at once: what follows (Python's shutdown, over a second
+# after Lightning) is not start-up, and a clrun process stopped at its first batch skips it too.
+IMPORT_AND_STAMP = (
+    "import lightning, os, sys, time; open(sys.argv[1], 'w').write(repr(time.time())); os._exit(0)"
+)
+
+
+def startup(args, env: dict, folder: Path) -> dict:
+    """Launch to first training batch of ``clrun``, against launch to ``import lightning`` done, interleaved.
+
+    Each clrun process also times its own ``import lightning`` (``ImportClock``); launch to first
+    batch minus that is what clcore adds to the import, measured within one process.
+    """
+    commands = {  # name: (file stem, clrun's arguments; None: the import alone)
+        IMPORT_LIGHTNING: ("import_lightning", None),
+        "clrun": ("clrun_default", []),
+        "clrun experiment=hat_pmnist": (
+            "clrun_hat_pmnist",
+            ["experiment=hat_pmnist", f"benchmark.root={args.root}"],
+        ),
+    }
+    runs = {name: [] for name in commands}
+    subprocess.run([PYTHON, "-c", "import lightning"], check=True, env=env)  # untimed: warm the page cache
+    for round_index in range(args.launches):
+        for name, (short, overrides) in commands.items():
+            stem = folder / f"startup_{short}_{round_index}"
+            mark, clock = stem.with_suffix(".first_batch.json"), stem.with_suffix(".clock.json")
+            if overrides is None:
+                command = [PYTHON, "-c", IMPORT_AND_STAMP, str(mark)]
+            else:
+                command = [
+                    CLRUN,
+                    *overrides,
+                    f"hydra.run.dir={stem}",
+                    "+callbacks.first_batch._target_=first_batch.first_batch_marker",
+                    f"+callbacks.first_batch.path={mark}",
+                    "+hydra.callbacks.bench_clock._target_=first_batch.ImportClock",
+                    f"+hydra.callbacks.bench_clock.path={clock}",
+                ]
+            launched, _, cpu = run_in_terminal(command, stem.with_suffix(".log"), env)
+            run = {"wall": json.loads(mark.read_text()) if overrides is None else None, "cpu": cpu}
+            if overrides is not None:
+                times = json.loads(clock.read_text())
+                run["wall"] = json.loads(mark.read_text())["wall"]
+                run["own_import_lightning"] = times["lightning_imported"] - times["import_start"]
+                run["clcore_imports"] = times["import_end"] - times["lightning_imported"]
+            run["wall"] -= launched
+            runs[name].append(run)
+            shutil.rmtree(stem, ignore_errors=True)
+    report = {}
+    for name, measured in runs.items():
+        row = {k: spread([r[k] for r in measured]) for k in measured[0]}
+        if name != IMPORT_LIGHTNING:
+            for k in ("wall", "cpu"):  # per round, against the import launched just before
+                row[f"{k}_over_import_lightning"] = spread(
+                    [r[k] - ref[k] for ref, r in zip(runs[IMPORT_LIGHTNING], measured)]
+                )
+            row["wall_over_own_import_lightning"] = spread(
+                [r["wall"] - r["own_import_lightning"] for r in measured]
             )
+        report[name] = {**row, "per_round": measured}
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    for algorithm, result in report["algorithms"].items():
+        shipped = next(r for r in result["rows"] if r["setting"] == "as shipped")
+        lines += [
+            f"### {algorithm}: {report['tasks']}-task Permuted MNIST, 1 epoch per task, {report['repeats']} rounds",
+            "",
+            "Seconds, median [range] over rounds; costs are per-round differences to the shipped run.",
+            "",
+            "| setting | whole process | after imports | CPU after imports | Python's exit | in the task loop "
+            "| cost: after imports | cost: CPU after imports | share of shipped (after imports / CPU) "
+            "| / plain loop: after imports | / plain loop: whole process |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["rows"]:
+            cells = [row["setting"], *(text(row[k]) for k in MEASURES)]
+            if "cost_after_imports" in row:
+                flag = " **> 5%**" if row["flagged"] else ""
+                share = f"{100 * row['cost_share_after_imports']:.1f}% / {100 * row['cost_share_cpu_after_imports']:.1f}%"
+                cells += [text(row["cost_after_imports"]), text(row["cost_cpu_after_imports"]), share + flag]
+            else:
+                cells += ["", "", ""]
+            for k in ("after_imports", "whole"):
+                cells.append(text(row[f"ratio_to_plain_{k}"]) if f"ratio_to_plain_{k}" in row else "")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"As shipped: `{shipped['command']}`. Final average accuracy {100 * shipped['final_average_accuracy']:.2f}% "
+            f"on every run of every setting (largest difference to the plain loop: "
+            f"{result['max_accuracy_difference']:.1g}).",
+            "",
+        ]
+    lines += [
+        "### Start-up: launch to the first training batch",
+        "",
+        "| command | wall s | CPU s | wall minus `import lightning` s (per round) | CPU minus `import lightning` s "
+        "| wall minus its own `import lightning` s | of it, importing clcore's task loop after Lightning s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in report["startup"].items():
+        keys = ("wall_over_import_lightning", "cpu_over_import_lightning", "wall_over_own_import_lightning")
+        extra = [text(row[k]) for k in keys] + [text(row["clcore_imports"])] if keys[0] in row else [""] * 4
+        lines.append("| " + " | ".join([f"`{name}`", text(row["wall"]), text(row["cpu"]), *extra]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def provenance() -> dict:
+    """Which code was timed: the commit, and the files changed since (the progress bar's among them)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout
+        changed = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit.strip(), "uncommitted": [line[3:] for line in changed.splitlines()]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--root", default="data/mnist-from-test", help="folder holding MNIST/raw/ (None with --source digits)"
-    )
-    parser.add_argument("--source", default="mnist")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--root", default="data/mnist-from-test", help="folder holding MNIST/raw/")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--eval-batch-size", type=int, default=4096)
-    parser.add_argument("--tasks", type=int, default=10)
-    parser.add_argument("--growth", default="5,10,20", help="task counts for the growth table ('' to skip)")
-    parser.add_argument("--algorithms", default=",".join(PLAIN))
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved (plain, clrun) pairs per row")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch intra-op threads (1: least noise on a shared machine)"
+        "--tasks", type=int, default=None, help="benchmark.num_tasks (default: the experiment's 10)"
     )
+    parser.add_argument("--algorithms", default="hat,finetuning")
+    parser.add_argument("--repeats", type=int, default=3, help="round-robin rounds over all configurations")
+    parser.add_argument("--launches", type=int, default=5, help="start-up rounds (0 to skip)")
+    parser.add_argument("--only", default="", help="comma-separated setting names to run (debugging)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OMP_NUM_THREADS for every timed process (0: torch's default)"
+    )
+    parser.add_argument("--keep-runs", action="store_true", help="keep every run's output folder")
     parser.add_argument("--output", default="outputs/bench")
     args = parser.parse_args()
-    if args.source == "digits":
-        args.root = None
-    torch.set_num_threads(args.threads)
-    # Lightning sets this on import; a hand-written loop never has it, and clcore's pipeline
-    # removes it on GPU-less machines (see clcore.lightning_speed.use_cached_cuda_check).
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
+    args.root = str(Path(args.root).resolve())
+    output = Path(args.output).resolve()
+    runs_folder = output / "runs"
+    shutil.rmtree(runs_folder, ignore_errors=True)
+    runs_folder.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("TERM", "xterm-256color")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
 
     algorithms = args.algorithms.split(",")
-    print(
-        f"# clrun vs plain PyTorch: {args.tasks}-task Permuted {args.source}, 1 epoch/task, batch {args.batch_size}"
-    )
-    rows = [compare(a, args, args.tasks, output) for a in algorithms]
-    print_table(rows)
-    growth = []
-    if args.growth:
-        print("\n# growth with the number of tasks")
-        main_rows = {(row["algorithm"], row["tasks"]): row for row in rows}  # reused, not re-run
-        growth = [
-            main_rows.get((a, n)) or compare(a, args, n, output)
-            for a in algorithms
-            for n in map(int, args.growth.split(","))
-        ]
-        print_table(growth)
-    startup = startup_seconds(args)
-    print(f"\nclrun start-up (launch -> first training batch), {len(startup)} launches: {startup} s")
+    settings = [s for a in algorithms for s in settings_of(a, args)]
+    if args.only:
+        settings = [s for s in settings if s.name in {"plain loop", "as shipped", *args.only.split(",")}]
+    shapes = {a: run_shape(a, args) for a in algorithms}
+    load = os.getloadavg()
+    for round_index in range(args.repeats):
+        shift = round_index % len(settings)  # rotate, so that no setting always runs first
+        for setting in settings[shift:] + settings[:shift]:
+            folder = runs_folder / f"{setting.key.replace('/', '_').replace(' ', '_')}_{round_index}"
+            if setting.overrides is None:
+                run = run_plain(setting, folder, env, shapes[setting.algorithm])
+            else:
+                run = run_clrun(setting, folder, env, args.keep_runs)
+            setting.runs.append(run)
+            print(
+                f"round {round_index + 1}/{args.repeats} {setting.key:<45} whole {run['whole']:6.2f} s  "
+                f"after imports {run['after_imports']:6.2f} s (CPU {run['cpu_after_imports']:6.2f} s)  "
+                f"task loop {run['task_loop']:6.2f} s",
+                flush=True,
+            )
     report = {
         "settings": vars(args),
+        "data": {
+            "root": args.root,
+            **{
+                f"{split}_images": len(
+                    plain_loops.read_idx(Path(args.root) / f"MNIST/raw/{prefix}-labels-idx1-ubyte")
+                )
+                for split, prefix in (("training", "train"), ("test", "t10k"))
+            },
+            "run_shape": shapes,
+        },
+        "tasks": shapes[algorithms[0]]["tasks"],
+        "repeats": args.repeats,
         "machine": {
             "python": platform.python_version(),
-            "torch": torch.__version__,
             "cpu_count": os.cpu_count(),
+            "load_average_at_start": load,
+            "load_average_at_end": os.getloadavg(),
         },
-        "comparison": rows,
-        "growth": growth,
-        "startup_seconds": startup,
+        "code": provenance(),
+        "algorithms": {a: summarise([s for s in settings if s.algorithm == a]) for a in algorithms}
+        if args.repeats
+        else {},
+        "startup": startup(args, env, runs_folder) if args.launches else {},
     }
+    from importlib.metadata import version
+
+    report["machine"].update({p: version(p) for p in ("torch", "lightning", "hydra-core")})
+    table = markdown(report)
     (output / "results.json").write_text(json.dumps(report, indent=2))
-    print(f"written {output / 'results.json'}")
-    failures = [r for r in rows + growth if r["max_accuracy_difference"] > 1e-6]
-    if failures:
-        raise SystemExit(
-            f"plain loop and clrun disagree on accuracy: {[(r['algorithm'], r['tasks'], r['max_accuracy_difference']) for r in failures]}"
-        )
+    (output / "results.md").write_text(table)
+    print("\n" + table)
+    print(f"written {output / 'results.json'} and {output / 'results.md'}")
+    flagged = [
+        (a, r["setting"]) for a, res in report["algorithms"].items() for r in res["rows"] if r.get("flagged")
+    ]
+    if flagged:
+        print(f"FLAGGED: defaults costing more than {FLAG_SHARE:.0%} of the shipped run: {flagged}")
+    failures = {a: r["max_accuracy_difference"] for a, r in report["algorithms"].items()}
+    if any(d > 1e-6 for d in failures.values()):
+        raise SystemExit(f"the plain loop and clrun disagree on accuracy: {failures}")
 
 
 if __name__ == "__main__":

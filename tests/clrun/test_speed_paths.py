@@ -187,3 +187,62 @@ def test_plain_lightning_variable_switches_every_speedup_off(monkeypatch, make_c
     )
     assert type(seen["profiler"]) is not NullProfiler
     assert torch.equal(fast.acc_matrix.nan_to_num(-1), plain.acc_matrix.nan_to_num(-1))  # same numbers
+
+
+# What a plain run builds before its first batch, in a fresh interpreter: the config, the pre-flight
+# check with its data, the model, the callbacks, the loggers and a Trainer. A spy on ``import``
+# records every import that a clcore module itself asks for, so it also catches a package that
+# Lightning happens to have loaded already (this environment's Lightning imports matplotlib).
+_BUILD_A_RUN = """
+import builtins, json, sys
+HEAVY = {"matplotlib", "open_clip", "captum", "sklearn", "wandb", "tensorboard", "torchvision", "optuna", "pandas"}
+asked = []
+real_import = builtins.__import__
+
+def spy(name, globals=None, locals=None, fromlist=(), level=0):
+    importer = (globals or {}).get("__name__") or ""
+    if level == 0 and importer.startswith("clcore") and name.split(".")[0] in HEAVY:
+        asked.append([importer, name])
+    return real_import(name, globals, locals, fromlist, level)
+
+builtins.__import__ = spy
+from clcore.clrun.checks import preflight
+from clcore.clrun.cli import compose
+from clcore.clrun.instantiate import instantiate_group
+from clcore.clrun.task_loop import build
+from hydra.utils import instantiate
+
+cfg = compose(sys.argv[2:], output_dir=sys.argv[1])
+plan = preflight(cfg)
+build(cfg, plan.benchmark)
+callbacks = instantiate_group(cfg.get("callbacks"))
+instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.get("logger")) or False)
+print(json.dumps({"asked": asked, "loaded": sorted(m for m in ("open_clip", "captum", "wandb") if m in sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # plain `clrun`: Finetuning on Permuted Digits, every default callback and the CSV logger
+        ["experiment=hat_pmnist", "benchmark.source=digits", "benchmark.root=null"],  # + HAT's mask plots
+    ],
+)
+def test_a_run_imports_no_optional_package_before_it_needs_one(tmp_path, overrides):
+    """Plots import matplotlib when they draw, CLIP / captum / wandb only when configured.
+
+    The digits (scikit-learn's data set) are the one optional import a plain run needs, from their loader.
+    """
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", _BUILD_A_RUN, str(tmp_path), *overrides]
+    result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    unexpected = [
+        (importer, name)
+        for importer, name in result["asked"]
+        if not (importer == "clcore.benchmarks.sources" and name.startswith("sklearn."))
+    ]
+    assert not unexpected, f"imported before they are needed: {unexpected}"
+    assert result["loaded"] == []

@@ -1,9 +1,23 @@
-"""Continual-learning algorithms, one per file, all ``CLAlgorithm`` LightningModules."""
+"""Continual-learning algorithms, one per file, all ``CLAlgorithm`` LightningModules.
 
-from clcore.algorithms.base import CLAlgorithm
-from clcore.algorithms.finetuning import Finetuning
-from clcore.algorithms.fix import Fix
-from clcore.algorithms.hat import HAT
-from clcore.algorithms.tak import TAK
+Loaded on first use (``clcore.utils.lazy_exports``): a run of one algorithm imports that one, not
+TAK's CLIP and task-arithmetic machinery.
+"""
 
-__all__ = ["CLAlgorithm", "Finetuning", "Fix", "HAT", "TAK"]
+from __future__ import annotations
+
+from clcore.utils.lazy_exports import lazy_exports
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CLAlgorithm": "clcore.algorithms.base",
+    "Finetuning": "clcore.algorithms.finetuning",
+    "Fix": "clcore.algorithms.fix",
+    "HAT": "clcore.algorithms.hat",
+    "TAK": "clcore.algorithms.tak",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

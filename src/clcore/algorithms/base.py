@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 
 from clcore.backbones.base import CLBackbone
@@ -157,6 +158,35 @@ class CLAlgorithm(LightningModule):
     def on_task_end(self, task_id: int) -> dict[str, float]:
         """Called by the task loop after task ``task_id`` trained. Returns scalars to record."""
         return {}
+
+    def current_task_train_batches(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """The current task's training batches as ``training_step`` receives them; only inside ``fit``.
+
+        For an algorithm that estimates something from the task's data at the end of its training
+        (``on_train_end``: EWC's Fisher, MAS's importance). The batches come from the loader ``fit``
+        trains on, on this module's device, through the same transfer hooks Lightning applies (the
+        datamodule's where it overrides them, as Lightning chooses): a benchmark's normalisation,
+        its task transform and model input. (clcore's benchmark loaders draw their order from their
+        own seeded generator, so reading them again does not touch the global RNG.)
+        """
+        trainer = self.trainer
+        loader = trainer.train_dataloader
+        if loader is None:
+            raise RuntimeError(
+                f"{type(self).__name__} reads the task's training batches only inside Trainer.fit"
+            )
+        datamodule = trainer.datamodule
+
+        def hook(name: str):
+            overridden = datamodule is not None and is_overridden(name, datamodule)
+            return getattr(datamodule if overridden else self, name)
+
+        before, transfer, after = (
+            hook(name)
+            for name in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+        )
+        for batch in loader:
+            yield after(transfer(before(batch, 0), self.device, 0), 0)
 
     # ---- checkpointed state beyond parameters and buffers -----------------------------------
     def cl_state_dict(self) -> dict:

@@ -1,23 +1,27 @@
 """Benchmarks: per-task LightningDataModules over in-memory uint8 data with per-batch transforms.
 
 Their base data sets are registry entries (``clcore.benchmarks.sources``): ``register_source``
-adds one, from this package or from your own code.
+adds one, from this package or from your own code. Loaded on first use (``clcore.utils.lazy_exports``):
+a permuted run does not import the rotated benchmark's torchvision transforms.
 """
 
-from clcore.benchmarks.base import CLBenchmark
-from clcore.benchmarks.errors import DataNotFoundError
-from clcore.benchmarks.permuted import PermutedBenchmark
-from clcore.benchmarks.rotated import RotatedBenchmark
-from clcore.benchmarks.sources import DataSource, ImageData, register_source
-from clcore.benchmarks.split import SplitBenchmark
+from __future__ import annotations
 
-__all__ = [
-    "CLBenchmark",
-    "DataNotFoundError",
-    "DataSource",
-    "ImageData",
-    "PermutedBenchmark",
-    "RotatedBenchmark",
-    "SplitBenchmark",
-    "register_source",
-]
+from clcore.utils.lazy_exports import lazy_exports
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CLBenchmark": "clcore.benchmarks.base",
+    "DataNotFoundError": "clcore.benchmarks.errors",
+    "DataSource": "clcore.benchmarks.sources",
+    "ImageData": "clcore.benchmarks.sources",
+    "PermutedBenchmark": "clcore.benchmarks.permuted",
+    "RotatedBenchmark": "clcore.benchmarks.rotated",
+    "SplitBenchmark": "clcore.benchmarks.split",
+    "register_source": "clcore.benchmarks.sources",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

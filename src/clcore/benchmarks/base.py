@@ -37,6 +37,13 @@ class CLBenchmark(LightningDataModule):
     current task; ``test_dataloader`` returns one loader per task in ``test_tasks`` (default: every
     task seen so far), in task order, so ``dataloader_idx`` is the task index.
 
+    Several tasks' training data in one loader (joint training): set ``train_tasks`` to a list of
+    task ids before ``fit``. ``train_dataloader``/``val_dataloader`` then serve the union of those
+    tasks' samples, shuffled together, and a batch's third element is a ``[B]`` tensor with each
+    sample's task id instead of an int; each sample gets its own task's transform
+    (``prepare_mixed_batch``), and a consumer maps labels per task (``heads.targets(labels, t)``
+    on each task's rows). ``setup_task`` resets it to ``None`` (the current task only).
+
     Its rules (task count, batch sizes, a registered source, ...) are ``config_problems``,
     read by the constructor and by ``clrun``'s pre-flight check; a subclass extends them.
 
@@ -90,6 +97,7 @@ class CLBenchmark(LightningDataModule):
         self.model_input = ModelInput.from_config(model_input)
         self.current_task = 0
         self.test_tasks: list[int] | None = None
+        self.train_tasks: list[int] | None = None
         self.data: ImageData | None = None
         self._splits: dict[tuple[str, int], TaskSplit] = {}
         self._mean: Tensor | None = None
@@ -209,28 +217,52 @@ class CLBenchmark(LightningDataModule):
             raise ValueError(f"task {task_id + 1} is outside 1..{self.num_tasks}")
         self.current_task = task_id
         self.test_tasks = None
+        self.train_tasks = None
 
     def _loader(self, split: str, task_id: int, train: bool) -> TensorBatchLoader:
         data = self.task_split(split, task_id)
+        return self._batch_loader(data.images, data.labels, task_id, train, seed_task=task_id)
+
+    def _union_loader(self, split: str, tasks: list[int], train: bool) -> TensorBatchLoader:
+        """One loader over the samples of ``tasks``, with a per-sample task id (see the class docstring).
+
+        The tasks' samples are concatenated (a copy, made once per ``fit``, not cached: the union
+        changes every task) and shuffled together by the loader.
+        """
+        if not tasks:
+            raise ValueError("train_tasks is empty: list at least one task to train on")
+        splits = [self.task_split(split, t) for t in tasks]
+        labels = torch.cat([data.labels for data in splits])
+        task_ids = torch.cat([torch.full_like(data.labels, t) for data, t in zip(splits, tasks, strict=True)])
+        images = torch.cat([data.images for data in splits])
+        return self._batch_loader(images, labels, task_ids, train, seed_task=self.current_task)
+
+    def _batch_loader(
+        self, images: Tensor, labels: Tensor, task_id: int | Tensor, train: bool, seed_task: int
+    ) -> TensorBatchLoader:
         trainer = self.trainer
         return TensorBatchLoader(
-            data.images,
-            data.labels,
+            images,
+            labels,
             task_id,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             # a different but reproducible order per task; every process draws the same order
-            seed=self.seed * 1_000_003 + task_id,
+            seed=self.seed * 1_000_003 + seed_task,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
         )
 
     def train_dataloader(self) -> TensorBatchLoader:
+        if self.train_tasks is not None:
+            return self._union_loader("train", self.train_tasks, train=True)
         return self._loader("train", self.current_task, train=True)
 
     def val_dataloader(self) -> TensorBatchLoader | list:
         if self.val_fraction == 0:
             return []
+        if self.train_tasks is not None:
+            return self._union_loader("val", self.train_tasks, train=False)
         return self._loader("val", self.current_task, train=False)
 
     def test_dataloader(self) -> list[TensorBatchLoader]:
@@ -256,6 +288,21 @@ class CLBenchmark(LightningDataModule):
         x = self.transform_batch(images, task_id)
         return x if self.model_input is None else self.model_input(x, self._mean, self._std)
 
+    def prepare_mixed_batch(self, images: Tensor, task_ids: Tensor) -> Tensor:
+        """``prepare_batch`` for a batch mixing tasks: each sample gets its own task's transform.
+
+        One ``prepare_batch`` per task present in the batch (a loop over tasks, not samples), each
+        written back to its rows; ``task_ids`` is ``[B]``, on ``images.device``.
+        """
+        out = None
+        for task_id in task_ids.unique().tolist():
+            rows = (task_ids == task_id).nonzero().squeeze(1)
+            x = self.prepare_batch(images[rows], task_id)
+            if out is None:
+                out = x.new_empty((len(images), *x.shape[1:]))
+            out[rows] = x
+        return out
+
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         """``(images, labels, task_id)`` to ``device``: two ``Tensor.to`` calls.
 
@@ -264,10 +311,14 @@ class CLBenchmark(LightningDataModule):
         ``device`` (data resident on the GPU, or a CPU run).
         """
         images, labels, task_id = batch
+        if isinstance(task_id, Tensor):  # per-sample task ids of a batch mixing tasks
+            task_id = task_id.to(device, non_blocking=True)
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), task_id
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels, task_id = batch
+        if isinstance(task_id, Tensor):
+            return self.prepare_mixed_batch(images, task_id), labels, task_id
         return self.prepare_batch(images, task_id), labels, task_id
 
     @property

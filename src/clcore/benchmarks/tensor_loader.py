@@ -12,6 +12,9 @@ from torch import Tensor
 class TensorBatchLoader:
     """Iterates ``(images[idx], labels[idx], task_id)`` over index chunks of a (shuffled) order.
 
+    ``task_id`` is one int for a loader over one task, or a tensor with one task id per sample
+    (a loader over several tasks, ``CLBenchmark.train_tasks``), then sliced like the labels.
+
     A torch ``DataLoader`` over a ``TensorDataset`` indexes one sample at a time and collates in
     Python; for data that already sits in memory that is most of the step time. Slicing whole
     batches is one tensor op. Lightning accepts any sized iterable as a dataloader.
@@ -24,7 +27,7 @@ class TensorBatchLoader:
         self,
         images: Tensor,
         labels: Tensor,
-        task_id: int,
+        task_id: int | Tensor,
         batch_size: int,
         shuffle: bool = False,
         seed: int = 0,
@@ -36,6 +39,10 @@ class TensorBatchLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if isinstance(task_id, Tensor) and task_id.shape != labels.shape:
+            raise ValueError(
+                f"per-sample task ids {tuple(task_id.shape)} do not match labels {tuple(labels.shape)}"
+            )
         self.images, self.labels, self.task_id = images, labels, task_id
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world_size = rank, world_size
@@ -48,16 +55,19 @@ class TensorBatchLoader:
         n = self._num_samples()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int]]:
+    def _task_ids(self, index: slice | Tensor) -> int | Tensor:
+        return self.task_id[index] if isinstance(self.task_id, Tensor) else self.task_id
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, int | Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         if self.world_size > 1:
             order = (order if order is not None else torch.arange(n))[self.rank :: self.world_size]
         if order is None:  # contiguous slices are views: no copy at all
             for start in range(0, len(self) * self.batch_size, self.batch_size):
-                stop = start + self.batch_size
-                yield self.images[start:stop], self.labels[start:stop], self.task_id
+                rows = slice(start, start + self.batch_size)
+                yield self.images[rows], self.labels[rows], self._task_ids(rows)
             return
         order = order.to(self.images.device)
         for chunk in order[: len(self) * self.batch_size].split(self.batch_size):
-            yield self.images[chunk], self.labels[chunk], self.task_id
+            yield self.images[chunk], self.labels[chunk], self._task_ids(chunk)

@@ -114,8 +114,7 @@ class LearningCurves(CLCallback):
         """One panel per metric (training loss first), one colour per task, task boundaries dotted."""
         import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from clcore.callbacks.figures import new_figure, save_png
 
         folder.mkdir(parents=True, exist_ok=True)
         metrics = sorted(
@@ -123,10 +122,11 @@ class LearningCurves(CLCallback):
             key=lambda m: (m != "train/loss", not m.startswith("train/"), m),
         )
         tasks = sorted({row["task"] for row in self.rows})
-        colours = plt.get_cmap("tab10")
+        colours = matplotlib.colormaps["tab10"]
         columns = min(len(metrics), 2)
         rows = math.ceil(len(metrics) / columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(6.0 * columns, 3.0 * rows), squeeze=False)
+        # room above for the figure's title and each panel's, below each panel for its x label
+        fig, axes = new_figure(6.0 * columns, 3.0 * rows, rows, columns, margins=(0.8, 0.2, 0.55, 0.6))
         starts = {
             task: min(r["sequence_step"] - r["step"] for r in self.rows if r["task"] == task)
             for task in tasks
@@ -158,8 +158,4 @@ class LearningCurves(CLCallback):
             ax.axis("off")
         axes.flat[0].legend(fontsize=7, ncol=max(1, len(tasks) // 5))
         fig.suptitle("learning curves per task (dotted: a new task starts)", fontsize=10)
-        fig.tight_layout()
-        path = folder / "learning_curves.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return path
+        return save_png(fig, folder / "learning_curves.png", dpi=110)

@@ -31,10 +31,7 @@ class ResultPlots(CLCallback):
 
     @staticmethod
     def draw(results: ContinualResults, folder: Path) -> list[Path]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from clcore.callbacks.figures import new_figure, save_png
 
         folder.mkdir(parents=True, exist_ok=True)
         R = results.trained.numpy() * 100
@@ -42,7 +39,11 @@ class ResultPlots(CLCallback):
         ticks = list(range(k))
         labels = [str(t + 1) for t in ticks]
 
-        fig, ax = plt.subplots(figsize=(1.0 + 0.6 * k, 0.8 + 0.6 * k))
+        # 0.6 inch a cell, around it room for the labels and the colour bar (and the title, for k = 1)
+        fig, axes = new_figure(
+            max(2.8, 1.6 + 0.6 * k), max(2.0, 1.0 + 0.6 * k), margins=(0.55, 0.45, 0.5, 0.3)
+        )
+        ax = axes[0, 0]
         image = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
         for i in range(k):
             for j in range(i + 1):
@@ -62,14 +63,12 @@ class ResultPlots(CLCallback):
         ax.set_ylabel("after training task i")
         ax.set_title("accuracy R[i, j] (%)")
         fig.colorbar(image, ax=ax, fraction=0.046)
-        fig.tight_layout()
-        matrix_path = folder / "acc_matrix.png"
-        fig.savefig(matrix_path, dpi=120)
-        plt.close(fig)
+        matrix_path = save_png(fig, folder / "acc_matrix.png", dpi=120)
 
         aa = average_accuracy(results.trained).numpy() * 100
         bwt = [math.nan] + [float((R[i, :i] - R.diagonal()[:i]).mean()) for i in range(1, k)]
-        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+        fig, axes = new_figure(9, 3.2, 1, 2, margins=(0.7, 0.15, 0.5, 0.15), gaps=(0.85, 0))
+        left, right = axes[0]
         left.plot([t + 1 for t in ticks], aa, marker="o")
         left.set_xlabel("after training task")
         left.set_ylabel("average accuracy (%)")
@@ -83,8 +82,5 @@ class ResultPlots(CLCallback):
         for ax in (left, right):  # tasks are whole numbers, and both panels span the same tasks
             ax.set_xticks([t + 1 for t in ticks])
             ax.set_xlim(0.5, k + 0.5)
-        fig.tight_layout()
-        curve_path = folder / "average_accuracy.png"
-        fig.savefig(curve_path, dpi=120)
-        plt.close(fig)
+        curve_path = save_png(fig, folder / "average_accuracy.png", dpi=120)
         return [matrix_path, curve_path]

@@ -22,8 +22,7 @@ class RichSummary(CLCallback):
 
         k = results.tasks_done
         summary = results.summary()
-        # "\[" keeps rich from reading "[i, j]" as markup
-        table = Table(title="accuracy R\\[i, j] (%): row i = after training task i, column j = task j")
+        table = Table()
         table.add_column("after", justify="right")
         for j in range(k):
             table.add_column(f"task {j + 1}", justify="right")
@@ -33,6 +32,16 @@ class RichSummary(CLCallback):
             cells = ["" if j > i or math.isnan(row[j]) else f"{100 * row[j]:.1f}" for j in range(k)]
             table.add_row(str(i + 1), *cells, f"{100 * summary['average_accuracy_per_task'][i]:.1f}")
         console = Console()
+        if not console.is_terminal:
+            # a log file has no width: rich's default 80 columns would squeeze the matrix ("74…")
+            natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+            console = Console(width=max(console.width, natural))
+        console.print(
+            "accuracy R[i, j] (%): row i = after training task i, column j = task j",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         console.print(table)
         line = f"average accuracy {100 * summary['average_accuracy']:.2f}%"
         if summary["bwt"] is not None:

@@ -1,9 +1,23 @@
-"""Heads per paradigm: TIL (one per task), CIL (grows with classes), DIL (one shared)."""
+"""Heads per paradigm: TIL (one per task), CIL (grows with classes), DIL (one shared).
 
-from clcore.heads.base import CLHeads
-from clcore.heads.cil import HeadsCIL
-from clcore.heads.dil import HeadDIL
-from clcore.heads.til import HeadsTIL
-from clcore.heads.zero_shot_head import ZeroShotHead, build_zero_shot_weights
+Loaded on first use (``clcore.utils.lazy_exports``), like the other package roots.
+"""
 
-__all__ = ["CLHeads", "HeadDIL", "HeadsCIL", "HeadsTIL", "ZeroShotHead", "build_zero_shot_weights"]
+from __future__ import annotations
+
+from clcore.utils.lazy_exports import lazy_exports
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "CLHeads": "clcore.heads.base",
+    "HeadDIL": "clcore.heads.dil",
+    "HeadsCIL": "clcore.heads.cil",
+    "HeadsTIL": "clcore.heads.til",
+    "ZeroShotHead": "clcore.heads.zero_shot_head",
+    "build_zero_shot_weights": "clcore.heads.zero_shot_head",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,15 +1,24 @@
-"""Continual-learning metrics: top-1 accuracy (torchmetrics), the accuracy matrix, AA, BWT, FWT, forgetting."""
+"""Continual-learning metrics: top-1 accuracy (torchmetrics), the accuracy matrix, AA, BWT, FWT, forgetting.
 
-from clcore.metrics.continual import average_accuracy, backward_transfer, forgetting, forward_transfer
-from clcore.metrics.results import ContinualResults
-from clcore.metrics.task_accuracy import TaskAccuracy, top1_accuracy
+Loaded on first use (``clcore.utils.lazy_exports``), like the other package roots.
+"""
 
-__all__ = [
-    "ContinualResults",
-    "TaskAccuracy",
-    "average_accuracy",
-    "backward_transfer",
-    "forgetting",
-    "forward_transfer",
-    "top1_accuracy",
-]
+from __future__ import annotations
+
+from clcore.utils.lazy_exports import lazy_exports
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "ContinualResults": "clcore.metrics.results",
+    "TaskAccuracy": "clcore.metrics.task_accuracy",
+    "average_accuracy": "clcore.metrics.continual",
+    "backward_transfer": "clcore.metrics.continual",
+    "forgetting": "clcore.metrics.continual",
+    "forward_transfer": "clcore.metrics.continual",
+    "top1_accuracy": "clcore.metrics.task_accuracy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Baselines on Split MNIST (TIL, DIL, CIL) and 10-task Permuted MNIST (TIL, DIL):
+# Finetuning, Joint, EWC, online EWC, SI, MAS, L2, LwF, seeds 1-3.
+#
+# Usage: experiments/baselines/run.sh <mnist root> select|final|all|sweep_check
+#   select: grid of each method's coefficient on Split MNIST TIL and CIL, seed 1, on a
+#           *selection root* whose "test" files are held-out training images (selection_root.py);
+#           select.py then writes experiments/baselines/selected.json.
+#   final:  every method x scenario x seed with the selected coefficients on <mnist root>.
+#   sweep_check: issue 17's one-sweep check on Split Digits (24 jobs, one aggregate; no MNIST needed).
+# Then:   python experiments/baselines/make_table.py "$OUT/final"
+# Every clrun call is a Hydra sweep (one process, one aggregate.{csv,json} per folder).
+set -euo pipefail
+root=${1:?usage: run.sh <folder holding MNIST/raw/> select|final|all}
+stage=${2:-all}
+here=$(cd "$(dirname "$0")" && pwd)
+out=${OUT:-outputs/baselines}
+clrun=${CLRUN:-clrun}
+python=${PYTHON:-python}
+selection_root=${SELECTION_ROOT:-$out/mnist-selection}
+
+# Shared by every run: Adam 1e-3 (optimizer default), batch 128 (benchmark default), the default
+# MLP 784-256-100-64; no checkpoints or plots (speed). Epochs per task: per benchmark, below.
+common=(trainer.enable_progress_bar=false save_checkpoints=false
+  callbacks.result_plots=null callbacks.learning_curves=null +hydra.callbacks.sweep_aggregate.plot=false
+  optimizer=adam optimizer.lr=1e-3 benchmark.batch_size=128)
+split_mnist=(benchmark=split_mnist trainer.max_epochs=5)
+permuted_mnist=(benchmark=permuted_mnist trainer.max_epochs=2)
+
+methods=(finetuning joint ewc online_ewc si mas l2 lwf)
+# The coefficient each method is tuned on, and its grid (decades).
+declare -A key=([ewc]=reg_lambda [online_ewc]=reg_lambda [si]=reg_lambda [mas]=reg_lambda
+  [l2]=reg_lambda [lwf]=distillation_lambda)
+declare -A grid=([ewc]=1e1,1e3,1e5,1e7 [online_ewc]=1e1,1e3,1e5,1e7 [si]=0.1,1,10,100
+  [mas]=0.1,1,10,100 [l2]=0.01,0.1,1,10 [lwf]=0.1,1,3,10)
+# Fixed per-method options: importance (Fisher / MAS) from each task's first 256 training
+# samples (true Fisher, exact over the classes), for time; online EWC's gamma stays 1.0.
+declare -A extra=([ewc]=algorithm.importance_samples=256 [online_ewc]=algorithm.importance_samples=256
+  [mas]=algorithm.importance_samples=256)
+
+if [[ $stage == select || $stage == all ]]; then
+  "$python" "$here/selection_root.py" --src "$root" --dst "$selection_root" --held-out 1600
+  for method in "${!grid[@]}"; do
+    $clrun -m "${common[@]}" "${split_mnist[@]}" benchmark.root="$selection_root" seed=1 \
+      paradigm=til,cil algorithm="$method" "algorithm.${key[$method]}=${grid[$method]}" ${extra[$method]:-} \
+      hydra.sweep.dir="$out/select/split_mnist/$method"
+  done
+  "$python" "$here/select.py" "$out/select" --write "$here/selected.json"
+fi
+
+if [[ $stage == final || $stage == all ]]; then
+  # selected.json: {"til": {"ewc": 1000.0, ...}, "cil": {...}}. TIL scenarios use the TIL values,
+  # DIL and CIL scenarios (no task id at test) the CIL values.
+  selected() { "$python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" \
+    "$here/selected.json" "$1" "$2"; }
+  for scenario in split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil; do
+    benchmark=${scenario%:*} paradigm=${scenario#*:}
+    tuned_on=$([[ $paradigm == til ]] && echo til || echo cil)
+    declare -n bench="$benchmark"
+    for method in "${methods[@]}"; do
+      tuned=()
+      [[ -n ${key[$method]:-} ]] && tuned=("algorithm.${key[$method]}=$(selected "$tuned_on" "$method")")
+      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$root" seed=1,2,3 paradigm="$paradigm" \
+        algorithm="$method" "${tuned[@]}" ${extra[$method]:-} \
+        hydra.sweep.dir="$out/final/${benchmark}_${paradigm}/$method"
+    done
+  done
+fi
+
+if [[ $stage == sweep_check ]]; then
+  $clrun -m algorithm=ewc,si,mas,lwf paradigm=til,cil seed=1,2,3 benchmark=split_digits trainer.max_epochs=1 \
+    trainer.enable_progress_bar=false hydra.sweep.dir="$out/sweep_check"
+fi
