@@ -2,12 +2,11 @@
 # Baselines on Split MNIST (TIL, DIL, CIL) and 10-task Permuted MNIST (TIL, DIL):
 # Finetuning, Joint, EWC, online EWC, SI, MAS, L2, LwF, seeds 1-3.
 #
-# Usage: experiments/baselines/run.sh <mnist root> select|final|all|sweep_check
+# Usage: experiments/baselines/run.sh <mnist root> select|final|all
 #   select: grid of each method's coefficient on Split MNIST TIL and CIL, seed 1, on a
 #           *selection root* whose "test" files are held-out training images (selection_root.py);
 #           select.py then writes experiments/baselines/selected.json.
 #   final:  every method x scenario x seed with the selected coefficients on <mnist root>.
-#   sweep_check: issue 17's one-sweep check on Split Digits (24 jobs, one aggregate; no MNIST needed).
 # Then:   python experiments/baselines/make_table.py "$OUT/final"
 # Every clrun call is a Hydra sweep (one process, one aggregate.{csv,json} per folder).
 set -euo pipefail
@@ -53,20 +52,26 @@ if [[ $stage == final || $stage == all ]]; then
   # DIL and CIL scenarios (no task id at test) the CIL values.
   selected() { "$python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" \
     "$here/selected.json" "$1" "$2"; }
-  for scenario in split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil; do
+  # Seeds 1-3, except Permuted MNIST DIL: seeds 1-2 and Joint trained once on all tasks
+  # (algorithm.all_at_once=true, van de Ven et al.'s Joint), to fit the time budget.
+  declare -A seeds=([permuted_mnist:dil]=1,2)
+  declare -A joint_extra=([permuted_mnist:dil]=algorithm.all_at_once=true)
+  for scenario in ${SCENARIOS:-split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil}; do
     benchmark=${scenario%:*} paradigm=${scenario#*:}
     tuned_on=$([[ $paradigm == til ]] && echo til || echo cil)
     declare -n bench="$benchmark"
     for method in "${methods[@]}"; do
       tuned=()
       [[ -n ${key[$method]:-} ]] && tuned=("algorithm.${key[$method]}=$(selected "$tuned_on" "$method")")
-      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$root" seed=1,2,3 paradigm="$paradigm" \
-        algorithm="$method" "${tuned[@]}" ${extra[$method]:-} \
+      [[ $method == joint ]] && tuned=(${joint_extra[$scenario]:-})
+      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$root" seed="${seeds[$scenario]:-1,2,3}" \
+        paradigm="$paradigm" algorithm="$method" "${tuned[@]}" ${extra[$method]:-} \
         hydra.sweep.dir="$out/final/${benchmark}_${paradigm}/$method"
     done
   done
 fi
 
+# run.sh - sweep_check: issue 17's one-sweep check on Split Digits (24 jobs, one aggregate; no MNIST needed).
 if [[ $stage == sweep_check ]]; then
   $clrun -m algorithm=ewc,si,mas,lwf paradigm=til,cil seed=1,2,3 benchmark=split_digits trainer.max_epochs=1 \
     trainer.enable_progress_bar=false hydra.sweep.dir="$out/sweep_check"

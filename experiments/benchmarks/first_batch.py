@@ -6,8 +6,8 @@
   times around it, and those of the job's end (before Python's shutdown).
   The run itself is untouched; the import happens a few milliseconds earlier than it would.
 - ``first_batch_marker``, a Lightning callback (``+callbacks.first_batch._target_=first_batch.first_batch_marker``):
-  writes the wall-clock time of the first training batch and, by default, ends the process there
-  (start-up measurement).
+  writes the wall-clock and CPU time of the first training batch and, by default, ends the process
+  there (start-up measurement).
 
 Both write JSON, and both keep this module free of Lightning so that loading it costs nothing.
 """
@@ -48,12 +48,12 @@ class ImportClock(HydraCallback):
 
 
 def first_batch_marker(path: str, exit_after: bool = True):
-    """A callback writing ``{"wall": time.time()}`` at the first training batch."""
+    """A callback writing the wall-clock time and the process's CPU seconds at the first training batch."""
     from lightning import Callback
 
     class FirstBatchMarker(Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            Path(path).write_text(json.dumps({"wall": time.time()}))
+            Path(path).write_text(json.dumps({"wall": time.time(), "cpu": time.process_time()}))
             if exit_after:
                 os._exit(0)  # the rest of the run is not part of start-up
 

@@ -27,7 +27,13 @@ _EXPORTS = {
     # the clta application
     "run_protocol": "clcore.clta",
     # the library
-    **dict.fromkeys(["CLAlgorithm", "Finetuning", "Fix", "HAT", "TAK"], "clcore.algorithms"),
+    **dict.fromkeys(
+        [
+            *("CLAlgorithm", "Finetuning", "Fix", "HAT", "TAK"),
+            *("EWC", "OnlineEWC", "SI", "MAS", "L2", "LwF", "Joint", "Independent", "Random"),
+        ],
+        "clcore.algorithms",
+    ),
     **dict.fromkeys(
         ["CLBackbone", "MLP", "ResNet18", "HATMaskBackbone", "HATMaskMLP", "HATMaskResNet18"],
         "clcore.backbones",

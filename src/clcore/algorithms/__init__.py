@@ -15,6 +15,17 @@ _EXPORTS = {
     "Fix": "clcore.algorithms.fix",
     "HAT": "clcore.algorithms.hat",
     "TAK": "clcore.algorithms.tak",
+    # regularisation baselines on one penalty block (clcore.components.parameter_penalty)
+    "EWC": "clcore.algorithms.ewc",
+    "OnlineEWC": "clcore.algorithms.online_ewc",
+    "SI": "clcore.algorithms.si",
+    "MAS": "clcore.algorithms.mas",
+    "L2": "clcore.algorithms.l2",
+    "LwF": "clcore.algorithms.lwf",
+    # reference rows of a results table
+    "Joint": "clcore.algorithms.joint",
+    "Independent": "clcore.algorithms.independent",
+    "Random": "clcore.algorithms.random_network",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,14 +2,14 @@
 
 An algorithm file holds what is particular to its paper; a piece that two or more methods
 compute the same way lives here, once, with the equation it implements in its docstring, and
-the algorithms import it. The layout reserves this package for the blocks the coming methods
-share (``docs/architecture.md``, "Shared building blocks"):
+the algorithms import it (``docs/architecture.md``, "Shared building blocks"):
 
-- an importance-weighted distance to earlier parameters, ``sum_i Omega_i (theta_i - theta*_i)^2``:
-  the penalty of EWC, online EWC, SI, MAS and L2, which differ only in how ``Omega`` is estimated;
-- a distillation loss with temperature on old outputs (LwF, iCaRL, DER);
-- a replay memory with its sampling policies (reservoir, class-balanced, herding) for ER, DER++,
-  A-GEM, iCaRL, GDumb and ER-ACE.
+- ``parameter_penalty``: an importance-weighted distance to earlier parameters,
+  ``sum_i Omega_i (theta_i - theta*_i)^2``, the penalty of EWC, online EWC, SI, MAS and L2, which
+  differ only in how ``Omega`` is estimated;
+- ``distillation``: a distillation loss with temperature on old outputs (LwF; iCaRL and DER next);
+- reserved: a replay memory with its sampling policies (reservoir, class-balanced, herding) for
+  ER, DER++, A-GEM, iCaRL, GDumb and ER-ACE.
 
 Mask layers (HAT, AdaHAT, PackNet, WSN) are backbones' layers and live in ``clcore.backbones``
 (``hat_mask.py``). A block is added with the first algorithm that uses it, never ahead of it.
