@@ -52,9 +52,9 @@ if [[ $stage == final || $stage == all ]]; then
   # DIL and CIL scenarios (no task id at test) the CIL values.
   selected() { "$python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" \
     "$here/selected.json" "$1" "$2"; }
-  # Seeds 1-3, except Permuted MNIST DIL: seeds 1-2 and Joint trained once on all tasks
+  # Seeds 1-3, except Permuted MNIST DIL: seed 1 only and Joint trained once on all tasks
   # (algorithm.all_at_once=true, van de Ven et al.'s Joint), to fit the time budget.
-  declare -A seeds=([permuted_mnist:dil]=1,2)
+  declare -A seeds=([permuted_mnist:dil]=1)
   declare -A joint_extra=([permuted_mnist:dil]=algorithm.all_at_once=true)
   for scenario in ${SCENARIOS:-split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil}; do
     benchmark=${scenario%:*} paradigm=${scenario#*:}
@@ -75,4 +75,11 @@ fi
 if [[ $stage == sweep_check ]]; then
   $clrun -m algorithm=ewc,si,mas,lwf paradigm=til,cil seed=1,2,3 benchmark=split_digits trainer.max_epochs=1 \
     trainer.enable_progress_bar=false hydra.sweep.dir="$out/sweep_check"
+fi
+
+# run.sh <mnist root> check_pmnist_ewc: EWC's lambda on Permuted MNIST TIL, on the selection root
+# (validation data), seed 1: is the lambda tuned on Split MNIST too strong for 10 permutations?
+if [[ $stage == check_pmnist_ewc ]]; then
+  $clrun -m "${common[@]}" "${permuted_mnist[@]}" benchmark.root="$selection_root" seed=1 paradigm=til \
+    algorithm=ewc algorithm.reg_lambda=1e2,1e3 ${extra[ewc]} hydra.sweep.dir="$out/check/permuted_mnist_til_ewc"
 fi
