@@ -8,8 +8,9 @@ Every timed run is its own process, launched as a user launches it:
 - the stripped configuration (every default off);
 - ``plain_loops.py``: the same run as a hand-written PyTorch loop (the accuracies must match to the last bit).
 
-All configurations run round-robin, ``--repeats`` rounds, so that each round sees the same machine;
-costs and ratios are taken per round and their median and range reported. Each ``clrun`` runs on a
+The machine's speed drifts within seconds, so every setting runs in a pair with the shipped command,
+one launched right after the other; a default's cost (and the shipped command's ratio to the plain
+loop) is taken per pair, ``--repeats`` rounds of pairs, median and range reported. Each ``clrun`` runs on a
 pseudo-terminal, as at a researcher's terminal (the progress bar draws as it would there). Per run:
 
 - **whole process**: launch to exit, measured here;
@@ -79,6 +80,8 @@ class Setting:
     name: str  # "as shipped", "without <default>", "stripped", "plain loop"
     overrides: list[str] | None  # clrun's arguments; None: the plain loop
     runs: list[dict] = field(default_factory=list)
+    # (run of the shipped command, run of this setting), launched one right after the other
+    pairs: list[tuple[dict, dict]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -101,6 +104,20 @@ def settings_of(algorithm: str, args) -> list[Setting]:
         *(Setting(algorithm, f"without {name}", shipped + overrides) for name, overrides in defaults.items()),
         Setting(algorithm, "stripped", shipped + stripped),
     ]
+
+
+def schedule(settings: list[Setting], round_index: int) -> list[tuple[Setting, Setting]]:
+    """One round: every setting in a pair with a run of its algorithm's shipped command.
+
+    The machine's speed drifts within seconds, so each setting is compared with the shipped run
+    launched right before or after it, not with one shipped run minutes away. The pairs' order
+    rotates from round to round, and which of the two runs first alternates.
+    """
+    shipped = {s.algorithm: s for s in settings if s.name == "as shipped"}
+    pairs = [(shipped[s.algorithm], s) for s in settings if s.name != "as shipped"]
+    shift = round_index % len(pairs)
+    pairs = pairs[shift:] + pairs[:shift]
+    return [(a, b) if round_index % 2 == 0 else (b, a) for a, b in pairs]
 
 
 def run_in_terminal(command: list[str], log_path: Path, env: dict) -> tuple[float, float, float]:
@@ -183,6 +200,15 @@ def run_plain(setting: Setting, folder: Path, env: dict, shape: dict) -> dict:
     }
 
 
+def timed_run(
+    setting: Setting, round_index: int, runs_folder: Path, env: dict, shapes: dict, keep: bool
+) -> dict:
+    name = f"{setting.key.replace('/', '_').replace(' ', '_')}_{round_index}_{len(setting.runs)}"
+    if setting.overrides is None:
+        return run_plain(setting, runs_folder / name, env, shapes[setting.algorithm])
+    return run_clrun(setting, runs_folder / name, env, keep)
+
+
 def run_shape(algorithm: str, args) -> dict:
     """The shipped experiment's sizes, read from its composed config, for the plain loop."""
     from clcore.clrun.cli import compose
@@ -215,41 +241,45 @@ MEASURES = ("whole", "after_imports", "cpu_after_imports", "exit", "task_loop")
 
 
 def summarise(algorithm_settings: list[Setting]) -> dict:
-    """Per setting: medians and ranges; per default: its paired cost; the ratios to the plain loop."""
+    """Per setting: medians and ranges; per default: its cost against the shipped run next to it;
+    the ratios to the plain loop (the shipped command's against the plain loop next to it)."""
     by_name = {s.name: s for s in algorithm_settings}
-    shipped, plain = by_name["as shipped"].runs, by_name["plain loop"].runs
+    shipped, plain = by_name["as shipped"], by_name["plain loop"]
+    base = {k: statistics.median(r[k] for r in shipped.runs) for k in ("after_imports", "cpu_after_imports")}
     rows = []
     for setting in algorithm_settings:
         runs = setting.runs
         row = {
             "setting": setting.name,
             "command": None if setting.overrides is None else " ".join(["clrun", *setting.overrides]),
+            "runs": len(runs),
             **{k: spread([r[k] for r in runs]) for k in MEASURES},
             "final_average_accuracy": sum(runs[0]["matrix"][-1]) / len(runs[0]["matrix"][-1]),
-            "per_round": [{k: round(r[k], 3) for k in MEASURES} for r in runs],
+            "per_run": [{k: round(r[k], 3) for k in MEASURES} for r in runs],
         }
         if setting.name.startswith("without ") or setting.name == "stripped":
-            # per round, the shipped run minus this one: what the switched-off defaults cost
+            # per pair, the shipped run minus this one: what the switched-off defaults cost
             for k in ("whole", "after_imports", "cpu_after_imports"):
-                row[f"cost_{k}"] = spread([a[k] - b[k] for a, b in zip(shipped, runs)])
-            base = {
-                k: statistics.median(a[k] for a in shipped) for k in ("after_imports", "cpu_after_imports")
-            }
+                row[f"cost_{k}"] = spread([a[k] - b[k] for a, b in setting.pairs])
             for k, value in base.items():
                 row[f"cost_share_{k}"] = row[f"cost_{k}"]["median"] / value
             # CPU seconds are little disturbed by other work on a shared machine; wall time also
             # shows waiting (a progress bar's refresh thread), but noisily: it counts when it
-            # exceeds the share in every round.
+            # exceeds the share in every pair.
             row["flagged"] = setting.name != "stripped" and (
                 row["cost_share_cpu_after_imports"] > FLAG_SHARE
                 or row["cost_after_imports"]["min"] > FLAG_SHARE * base["after_imports"]
             )
-        if setting.overrides is not None:
+        if setting is shipped:
             for k in ("after_imports", "cpu_after_imports", "whole"):
-                row[f"ratio_to_plain_{k}"] = spread([r[k] / p[k] for p, r in zip(plain, runs)])
+                row[f"ratio_to_plain_{k}"] = spread([a[k] / b[k] for a, b in plain.pairs])
+        elif setting.overrides is not None:
+            # against the plain run of the same round (not next to it: ranges are wider)
+            for k in ("after_imports", "cpu_after_imports", "whole"):
+                row[f"ratio_to_plain_{k}"] = spread([r[k] / p[k] for p, r in zip(plain.runs, runs)])
         rows.append(row)
     # every run against the first plain run: equal work, to the last bit
-    reference = plain[0]["matrix"]
+    reference = plain.runs[0]["matrix"]
     difference = max(
         abs(a - b)
         for s in algorithm_settings
@@ -330,11 +360,12 @@ def markdown(report: dict) -> str:
     for algorithm, result in report["algorithms"].items():
         shipped = next(r for r in result["rows"] if r["setting"] == "as shipped")
         lines += [
-            f"### {algorithm}: {report['tasks']}-task Permuted MNIST, 1 epoch per task, {report['repeats']} rounds",
+            f"### {algorithm}: {report['tasks']}-task Permuted MNIST, 1 epoch per task, {report['repeats']} rounds "
+            f"({shipped['runs']} runs of the shipped command, one next to each other setting's run)",
             "",
-            "Seconds, median [range] over rounds. A default's cost: per round, the shipped run minus the run "
-            f"without it. Flagged (**> {FLAG_SHARE:.0%}**): its CPU cost is more than {FLAG_SHARE:.0%} of the "
-            "shipped run's, or its wall cost is in every round.",
+            "Seconds, median [range] over runs. A default's cost: the shipped run minus the run without it, "
+            f"launched next to each other, per pair. Flagged (**> {FLAG_SHARE:.0%}**): its CPU cost is more than "
+            f"{FLAG_SHARE:.0%} of the shipped run's, or its wall cost is in every pair.",
             "",
             "| setting | whole process | after imports | CPU after imports | Python's exit | in the task loop "
             "| cost: after imports | cost: CPU after imports | share of shipped (wall / CPU) "
@@ -365,6 +396,8 @@ def markdown(report: dict) -> str:
             f"{result['max_accuracy_difference']:.1g}).",
             "",
         ]
+    if not report["startup"]:
+        return "\n".join(lines) + "\n"
     lines += [
         "### Start-up: launch to the first training batch",
         "",
@@ -406,7 +439,9 @@ def main() -> None:
         "--tasks", type=int, default=None, help="benchmark.num_tasks (default: the experiment's 10)"
     )
     parser.add_argument("--algorithms", default="hat,finetuning")
-    parser.add_argument("--repeats", type=int, default=3, help="round-robin rounds over all configurations")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds: each setting once, paired with a shipped run"
+    )
     parser.add_argument("--launches", type=int, default=5, help="start-up rounds (0 to skip)")
     parser.add_argument("--only", default="", help="comma-separated setting names to run (debugging)")
     parser.add_argument(
@@ -432,20 +467,21 @@ def main() -> None:
     shapes = {a: run_shape(a, args) for a in algorithms}
     load = os.getloadavg()
     for round_index in range(args.repeats):
-        shift = round_index % len(settings)  # rotate, so that no setting always runs first
-        for setting in settings[shift:] + settings[:shift]:
-            folder = runs_folder / f"{setting.key.replace('/', '_').replace(' ', '_')}_{round_index}"
-            if setting.overrides is None:
-                run = run_plain(setting, folder, env, shapes[setting.algorithm])
-            else:
-                run = run_clrun(setting, folder, env, args.keep_runs)
-            setting.runs.append(run)
-            print(
-                f"round {round_index + 1}/{args.repeats} {setting.key:<45} whole {run['whole']:6.2f} s  "
-                f"after imports {run['after_imports']:6.2f} s (CPU {run['cpu_after_imports']:6.2f} s)  "
-                f"task loop {run['task_loop']:6.2f} s",
-                flush=True,
-            )
+        for pair in schedule(settings, round_index):
+            runs = {}
+            for setting in pair:
+                runs[setting.name] = run = timed_run(
+                    setting, round_index, runs_folder, env, shapes, args.keep_runs
+                )
+                setting.runs.append(run)
+                print(
+                    f"round {round_index + 1}/{args.repeats} {setting.key:<45} whole {run['whole']:6.2f} s  "
+                    f"after imports {run['after_imports']:6.2f} s (CPU {run['cpu_after_imports']:6.2f} s)  "
+                    f"task loop {run['task_loop']:6.2f} s",
+                    flush=True,
+                )
+            other = next(s for s in pair if s.name != "as shipped")
+            other.pairs.append((runs["as shipped"], runs[other.name]))
     report = {
         "settings": vars(args),
         "data": {

@@ -84,7 +84,7 @@ class EWC(ParameterPenaltyAlgorithm):
         importance_samples: training samples of the task used for ``F`` (first ones of the task's
             seeded training order); ``None``: all.
         options: a subclass's own options, checked with these (``OnlineEWC``'s ``gamma``).
-        (the others as ``CLAlgorithm``)
+        **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
     def __init__(

@@ -20,7 +20,7 @@ class L2(ParameterPenaltyAlgorithm):
 
     Args:
         reg_lambda: ``lambda``.
-        (the others as ``CLAlgorithm``)
+        **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
     def __init__(

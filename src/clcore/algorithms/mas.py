@@ -43,7 +43,7 @@ class MAS(ParameterPenaltyAlgorithm):
     Args:
         reg_lambda: ``lambda``.
         importance_samples: training samples of the task used for ``Omega``; ``None``: all.
-        (the others as ``CLAlgorithm``)
+        **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
     def __init__(

@@ -26,7 +26,7 @@ class OnlineEWC(EWC):
 
     Args:
         gamma: the decay of the running Fisher, in (0, 1].
-        (the others as ``EWC``)
+        **kwargs: the other arguments, as for ``EWC``.
     """
 
     def __init__(

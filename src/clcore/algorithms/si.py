@@ -73,7 +73,7 @@ class SI(ParameterPenaltyAlgorithm):
     Args:
         reg_lambda: ``c``, the strength of the surrogate loss (Eq. 4).
         xi: the damping ``xi`` > 0 of Eq. 5.
-        (the others as ``CLAlgorithm``)
+        **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
     def __init__(

@@ -144,7 +144,7 @@ class ParameterPenaltyAlgorithm(CLAlgorithm):
     Args:
         reg_lambda: the penalty's strength (``lambda``, SI's ``c``); 0 trains as Finetuning.
         options: the subclass's own options, checked by ``config_problems`` with ``reg_lambda``.
-        (the others as ``CLAlgorithm``)
+        **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
     def __init__(
