@@ -66,6 +66,9 @@ DEFAULTS = {
     "CSV logger": ["logger=[]"],
 }
 HAT_DEFAULTS = {"HAT mask plots": ["callbacks.hat_masks=null"]}
+# The plots share a fixed cost (matplotlib's set-up at the first figure): switching one off saves
+# only its own drawing, so they are also switched off together.
+PLOTS = ["learning curves", "result plots", "HAT mask plots"]
 # Every default off: what the earlier benchmark timed. callbacks=none keeps callbacks that an
 # experiment adds (hat_pmnist's mask plots), so those are switched off by name.
 STRIPPED = ["callbacks=none", "trainer.enable_progress_bar=false", "save_checkpoints=false", "logger=[]"]
@@ -102,6 +105,9 @@ def settings_of(algorithm: str, args) -> list[Setting]:
         Setting(algorithm, "plain loop", None),
         Setting(algorithm, "as shipped", shipped),
         *(Setting(algorithm, f"without {name}", shipped + overrides) for name, overrides in defaults.items()),
+        Setting(
+            algorithm, "without any plot", shipped + [defaults[name][0] for name in PLOTS if name in defaults]
+        ),
         Setting(algorithm, "stripped", shipped + stripped),
     ]
 
@@ -465,7 +471,7 @@ def main() -> None:
     if args.only:
         settings = [s for s in settings if s.name in {"plain loop", "as shipped", *args.only.split(",")}]
     shapes = {a: run_shape(a, args) for a in algorithms}
-    load = os.getloadavg()
+    load, code = os.getloadavg(), provenance()  # the code timed is the code at the start
     for round_index in range(args.repeats):
         for pair in schedule(settings, round_index):
             runs = {}
@@ -502,7 +508,7 @@ def main() -> None:
             "load_average_at_start": load,
             "load_average_at_end": os.getloadavg(),
         },
-        "code": provenance(),
+        "code": code,
         "algorithms": {a: summarise([s for s in settings if s.algorithm == a]) for a in algorithms}
         if args.repeats
         else {},

@@ -178,3 +178,28 @@ def test_a_source_name_is_registered_once_and_unknown_names_list_the_known_ones(
         SplitBenchmark("imagenet", num_tasks=2)
     with pytest.raises(ValueError, match="benchmark.root is not set: source 'cifar10'"):
         SplitBenchmark("cifar10", num_tasks=2)
+
+
+def test_digits_cache_holds_exactly_what_scikit_learn_splits(tmp_path, monkeypatch):
+    """The cached digits are bit-identical to a fresh load, and a damaged cache is rebuilt."""
+    import subprocess
+    import sys
+
+    from clcore.benchmarks.sources import _digits_from_sklearn, digits_cache_path, load_digits
+
+    monkeypatch.setenv("CLCORE_CACHE", str(tmp_path))
+    fresh = _digits_from_sklearn(0.2)
+    first, cached = load_digits(), load_digits()
+    assert digits_cache_path(0.2).is_file()
+    for data in (first, cached):
+        for field in ("train_images", "train_labels", "test_images", "test_labels"):
+            assert torch.equal(getattr(data, field), getattr(fresh, field))
+        assert (data.mean, data.std, data.class_names) == (fresh.mean, fresh.std, fresh.class_names)
+    # A later process reads the cache and never imports scikit-learn (0.15-0.25 s of start-up).
+    probe = "import sys; from clcore.benchmarks.sources import load_digits; load_digits(); print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    digits_cache_path(0.2).write_bytes(b"damaged")
+    assert torch.equal(load_digits().test_labels, fresh.test_labels)
+    monkeypatch.setenv("CLCORE_CACHE", "")
+    assert digits_cache_path(0.2) is None
