@@ -3,10 +3,12 @@
 # Finetuning, Joint, EWC, online EWC, SI, MAS, L2, LwF, seeds 1-3.
 #
 # Usage: experiments/baselines/run.sh <mnist root> select|final|all
-#   select: grid of each method's coefficient on Split MNIST TIL and CIL, seed 1, on a
+#   select: grid of each method's coefficient per scenario (benchmark x paradigm), seed 1, on a
 #           *selection root* whose "test" files are held-out training images (selection_root.py);
 #           select.py then writes experiments/baselines/selected.json.
-#   final:  every method x scenario x seed with the selected coefficients on <mnist root>.
+#   final:  every method x scenario x seed with the coefficients selected for that scenario.
+#   SCENARIOS="split_mnist:til ..." restricts either stage to some scenarios, METHODS="mas lwf"
+#   the select stage to some methods.
 # Then:   python experiments/baselines/make_table.py "$OUT/final"
 # Every clrun call is a Hydra sweep (one process, one aggregate.{csv,json} per folder).
 set -euo pipefail
@@ -27,44 +29,55 @@ split_mnist=(benchmark=split_mnist trainer.max_epochs=5)
 permuted_mnist=(benchmark=permuted_mnist trainer.max_epochs=2)
 
 methods=(finetuning joint ewc online_ewc si mas l2 lwf)
-# The coefficient each method is tuned on, and its grid (decades).
+scenarios=${SCENARIOS:-split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil}
+# The coefficient each method is tuned on, and its grid (decades) per benchmark. Permuted MNIST's
+# grids sit lower: ten tasks of ten classes sum nine earlier penalties, each with a larger
+# importance, so Split MNIST's values freeze the network there (README: "Permuted MNIST TIL").
 declare -A key=([ewc]=reg_lambda [online_ewc]=reg_lambda [si]=reg_lambda [mas]=reg_lambda
   [l2]=reg_lambda [lwf]=distillation_lambda)
-declare -A grid=([ewc]=1e1,1e3,1e5,1e7 [online_ewc]=1e1,1e3,1e5,1e7 [si]=0.1,1,10,100
+declare -A grid_split_mnist=([ewc]=1e1,1e3,1e5,1e7 [online_ewc]=1e1,1e3,1e5,1e7 [si]=0.1,1,10,100
   [mas]=0.1,1,10,100 [l2]=0.01,0.1,1,10 [lwf]=0.1,1,3,10)
+declare -A grid_permuted_mnist=([ewc]=1e0,1e1,1e2,1e3 [online_ewc]=1e0,1e1,1e2,1e3 [si]=0.01,0.1,1,10
+  [mas]=0.001,0.01,0.1,1,10 [l2]=0.001,0.01,0.1,1 [lwf]=0.3,1,3,10,30)
+# Split MNIST DIL's best values sat at the top of Split MNIST's grids: one decade more there.
+declare -A grid_split_mnist_dil=([ewc]=1e1,1e3,1e5,1e7,1e9 [online_ewc]=1e1,1e3,1e5,1e7,1e9
+  [si]=0.1,1,10,100,1000 [mas]=0.1,1,10,100 [l2]=0.01,0.1,1,10 [lwf]=0.1,1,3,10,30)
 # Fixed per-method options: importance (Fisher / MAS) from each task's first 256 training
 # samples (true Fisher, exact over the classes), for time; online EWC's gamma stays 1.0.
 declare -A extra=([ewc]=algorithm.importance_samples=256 [online_ewc]=algorithm.importance_samples=256
   [mas]=algorithm.importance_samples=256)
 
 if [[ $stage == select || $stage == all ]]; then
-  "$python" "$here/selection_root.py" --src "$root" --dst "$selection_root" --held-out 1600
-  for method in "${!grid[@]}"; do
-    $clrun -m "${common[@]}" "${split_mnist[@]}" benchmark.root="$selection_root" seed=1 \
-      paradigm=til,cil algorithm="$method" "algorithm.${key[$method]}=${grid[$method]}" ${extra[$method]:-} \
-      hydra.sweep.dir="$out/select/split_mnist/$method"
+  # made once (concurrent select stages read it)
+  [[ -f $selection_root/MNIST/raw/t10k-labels-idx1-ubyte ]] \
+    || "$python" "$here/selection_root.py" --src "$root" --dst "$selection_root" --held-out 1600
+  for scenario in $scenarios; do
+    benchmark=${scenario%:*} paradigm=${scenario#*:}
+    grid_name="grid_${benchmark}_${paradigm}"  # a scenario's own grid, else its benchmark's
+    declare -p "$grid_name" &>/dev/null || grid_name="grid_$benchmark"
+    declare -n bench="$benchmark" grid="$grid_name"
+    for method in "${!grid[@]}"; do
+      [[ -n ${METHODS:-} && " $METHODS " != *" $method "* ]] && continue  # METHODS="mas lwf": only these
+      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$selection_root" seed=1 \
+        paradigm="$paradigm" algorithm="$method" "algorithm.${key[$method]}=${grid[$method]}" ${extra[$method]:-} \
+        hydra.sweep.dir="$out/select/$benchmark/$method/$paradigm"
+    done
   done
   "$python" "$here/select.py" "$out/select" --write "$here/selected.json"
 fi
 
 if [[ $stage == final || $stage == all ]]; then
-  # selected.json: {"til": {"ewc": 1000.0, ...}, "cil": {...}}. TIL scenarios use the TIL values,
-  # DIL and CIL scenarios (no task id at test) the CIL values.
-  selected() { "$python" -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])" \
-    "$here/selected.json" "$1" "$2"; }
-  # Seeds 1-3, except Permuted MNIST DIL: seed 1 only and Joint trained once on all tasks
-  # (algorithm.all_at_once=true, van de Ven et al.'s Joint), to fit the time budget.
-  declare -A seeds=([permuted_mnist:dil]=1)
-  declare -A joint_extra=([permuted_mnist:dil]=algorithm.all_at_once=true)
-  for scenario in ${SCENARIOS:-split_mnist:til split_mnist:dil split_mnist:cil permuted_mnist:til permuted_mnist:dil}; do
+  # selected.json: {"selected": {"<benchmark>": {"<paradigm>": {"ewc": 1000.0, ...}}}}: each
+  # scenario runs with the values chosen on its own validation data.
+  selected() { "$python" -c "import json,sys; print(json.load(open(sys.argv[1]))['selected'][sys.argv[2]][sys.argv[3]][sys.argv[4]])" \
+    "$here/selected.json" "$1" "$2" "$3"; }
+  for scenario in $scenarios; do
     benchmark=${scenario%:*} paradigm=${scenario#*:}
-    tuned_on=$([[ $paradigm == til ]] && echo til || echo cil)
     declare -n bench="$benchmark"
     for method in "${methods[@]}"; do
       tuned=()
-      [[ -n ${key[$method]:-} ]] && tuned=("algorithm.${key[$method]}=$(selected "$tuned_on" "$method")")
-      [[ $method == joint ]] && tuned=(${joint_extra[$scenario]:-})
-      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$root" seed="${seeds[$scenario]:-1,2,3}" \
+      [[ -n ${key[$method]:-} ]] && tuned=("algorithm.${key[$method]}=$(selected "$benchmark" "$paradigm" "$method")")
+      $clrun -m "${common[@]}" "${bench[@]}" benchmark.root="$root" seed=1,2,3 \
         paradigm="$paradigm" algorithm="$method" "${tuned[@]}" ${extra[$method]:-} \
         hydra.sweep.dir="$out/final/${benchmark}_${paradigm}/$method"
     done

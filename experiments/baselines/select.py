@@ -1,9 +1,9 @@
 """Pick each method's coefficient from the selection sweeps (validation data only).
 
-Reads ``<select dir>/<benchmark>/<method>/aggregate.json`` of ``run.sh ... select``: one
-configuration per paradigm and coefficient value, whose ``average_accuracy`` is the final
+Reads ``<select dir>/<benchmark>/<method>/<paradigm>/aggregate.json`` of ``run.sh ... select``:
+one configuration per coefficient value, whose ``average_accuracy`` is the final
 average accuracy over all tasks on held-out *training* images (the selection root's "test"
-split, see ``selection_root.py``). Per paradigm, the value with the highest one wins.
+split, see ``selection_root.py``). Per benchmark and paradigm (scenario), the value with the highest one wins.
 
     python experiments/baselines/select.py outputs/baselines/select --write experiments/baselines/selected.json
 """
@@ -41,14 +41,13 @@ def main() -> None:
     parser.add_argument("select_dir", type=Path)
     parser.add_argument("--write", type=Path, help="selected.json to write")
     args = parser.parse_args()
-    selected: dict = {"grid": {}}
-    for aggregate_file in sorted(args.select_dir.glob("*/*/aggregate.json")):
-        benchmark, method = aggregate_file.parent.parent.name, aggregate_file.parent.name
-        grid = grid_of(aggregate_file)
-        selected["grid"].setdefault(benchmark, {})[method] = grid
-        for paradigm, scores in grid.items():
+    selected: dict = {"grid": {}, "selected": {}}
+    for aggregate_file in sorted(args.select_dir.glob("*/*/*/aggregate.json")):
+        benchmark, method = aggregate_file.parents[2].name, aggregate_file.parents[1].name
+        for paradigm, scores in grid_of(aggregate_file).items():
+            selected["grid"].setdefault(benchmark, {}).setdefault(method, {})[paradigm] = scores
             best = max(scores, key=scores.get)
-            selected.setdefault(paradigm, {})[method] = float(best)
+            selected["selected"].setdefault(benchmark, {}).setdefault(paradigm, {})[method] = float(best)
             table = "  ".join(f"{v}: {100 * a:.2f}" for v, a in scores.items())
             print(f"{benchmark} {paradigm} {method}: {table}  -> {best}")
     if args.write:

@@ -3,8 +3,10 @@
 Every timed run is its own process, launched as a user launches it:
 
 - ``clrun experiment=<algo>_pmnist benchmark.root=<root> trainer.max_epochs=1`` as shipped (progress
-  bar, callbacks, plots, checkpoints, CSV logger, and HAT's mask plots all on);
+  bar, learning-curve CSV, hyperparameters to the loggers, summary table, checkpoints and CSV
+  logger all on; the PNG plots off, as they are by default);
 - the same with one default switched off, for every default, so each one's cost is a difference;
+- the same with ``plots=true`` (what the plots would cost);
 - the stripped configuration (every default off);
 - ``plain_loops.py``: the same run as a hand-written PyTorch loop (the accuracies must match to the last bit).
 
@@ -55,23 +57,23 @@ sys.path.insert(0, str(HERE))
 
 import plain_loops  # noqa: E402
 
-# One row each: the default, and the overrides that switch it (alone) off.
+# One row each: a default that is on, and the overrides that switch it (alone) off.
 DEFAULTS = {
     "progress bar": ["trainer.enable_progress_bar=false"],
-    "learning curves": ["callbacks.learning_curves=null"],
+    "learning curves (CSV)": ["callbacks.learning_curves=null"],
     "hyperparameters to loggers": ["callbacks.hyperparameters=null"],
-    "result plots": ["callbacks.result_plots=null"],
     "summary table": ["callbacks.summary=null"],
     "checkpoints": ["save_checkpoints=false"],
     "CSV logger": ["logger=[]"],
 }
-HAT_DEFAULTS = {"HAT mask plots": ["callbacks.hat_masks=null"]}
-# The plots share a fixed cost (matplotlib's set-up at the first figure): switching one off saves
-# only its own drawing, so they are also switched off together.
-PLOTS = ["learning curves", "result plots", "HAT mask plots"]
+# Options that are off by default, and the overrides that switch them on: their cost is the run
+# with them minus the shipped run. The PNG plots (result plots, learning curves, HAT's mask plots)
+# are off because they cost more than FLAG_SHARE of this run (docs/speed.md).
+OPTIONS = {"plots": ["plots=true"]}
 # Every default off: what the earlier benchmark timed. callbacks=none keeps callbacks that an
 # experiment adds (hat_pmnist's mask plots), so those are switched off by name.
 STRIPPED = ["callbacks=none", "trainer.enable_progress_bar=false", "save_checkpoints=false", "logger=[]"]
+HAT_STRIPPED = ["callbacks.hat_masks=null"]
 FLAG_SHARE = 0.05  # a default costing more than this share of the shipped run is flagged
 
 
@@ -99,15 +101,12 @@ def settings_of(algorithm: str, args) -> list[Setting]:
     ]
     if args.tasks is not None:
         shipped.append(f"benchmark.num_tasks={args.tasks}")
-    defaults = {**DEFAULTS, **(HAT_DEFAULTS if algorithm == "hat" else {})}
-    stripped = STRIPPED + [overrides[0] for name, overrides in HAT_DEFAULTS.items() if name in defaults]
+    stripped = STRIPPED + (HAT_STRIPPED if algorithm == "hat" else [])
     return [
         Setting(algorithm, "plain loop", None),
         Setting(algorithm, "as shipped", shipped),
-        *(Setting(algorithm, f"without {name}", shipped + overrides) for name, overrides in defaults.items()),
-        Setting(
-            algorithm, "without any plot", shipped + [defaults[name][0] for name in PLOTS if name in defaults]
-        ),
+        *(Setting(algorithm, f"without {name}", shipped + overrides) for name, overrides in DEFAULTS.items()),
+        *(Setting(algorithm, f"with {name}", shipped + overrides) for name, overrides in OPTIONS.items()),
         Setting(algorithm, "stripped", shipped + stripped),
     ]
 
@@ -263,16 +262,19 @@ def summarise(algorithm_settings: list[Setting]) -> dict:
             "final_average_accuracy": sum(runs[0]["matrix"][-1]) / len(runs[0]["matrix"][-1]),
             "per_run": [{k: round(r[k], 3) for k in MEASURES} for r in runs],
         }
-        if setting.name.startswith("without ") or setting.name == "stripped":
+        switched_on = setting.name.startswith("with ")
+        if setting.name.startswith("without ") or setting.name == "stripped" or switched_on:
             # per pair, the shipped run minus this one: what the switched-off defaults cost
+            # (for an option switched on: this run minus the shipped one, what it would cost)
+            sign = -1 if switched_on else 1
             for k in ("whole", "after_imports", "cpu_after_imports"):
-                row[f"cost_{k}"] = spread([a[k] - b[k] for a, b in setting.pairs])
+                row[f"cost_{k}"] = spread([sign * (a[k] - b[k]) for a, b in setting.pairs])
             for k, value in base.items():
                 row[f"cost_share_{k}"] = row[f"cost_{k}"]["median"] / value
             # CPU seconds are little disturbed by other work on a shared machine; wall time also
             # shows waiting (a progress bar's refresh thread), but noisily: it counts when it
             # exceeds the share in every pair.
-            row["flagged"] = setting.name != "stripped" and (
+            row["flagged"] = setting.name.startswith("without ") and (
                 row["cost_share_cpu_after_imports"] > FLAG_SHARE
                 or row["cost_after_imports"]["min"] > FLAG_SHARE * base["after_imports"]
             )
@@ -370,7 +372,8 @@ def markdown(report: dict) -> str:
             f"({shipped['runs']} runs of the shipped command, one next to each other setting's run)",
             "",
             "Seconds, median [range] over runs. A default's cost: the shipped run minus the run without it, "
-            f"launched next to each other, per pair. Flagged (**> {FLAG_SHARE:.0%}**): its CPU cost is more than "
+            "launched next to each other, per pair (for `with plots`: the run with them minus the shipped run)."
+            f" Flagged (**> {FLAG_SHARE:.0%}**): its CPU cost is more than "
             f"{FLAG_SHARE:.0%} of the shipped run's, or its wall cost is in every pair.",
             "",
             "| setting | whole process | after imports | CPU after imports | Python's exit | in the task loop "

@@ -32,7 +32,13 @@ def test_help_lists_the_config_groups():
 def test_clrun_runs_from_any_directory(tmp_path):
     out = tmp_path / "out"
     subprocess.run(
-        [CLRUN, "benchmark.num_tasks=2", f"hydra.run.dir={out}", "trainer.enable_progress_bar=false"],
+        [
+            CLRUN,
+            "benchmark.num_tasks=2",
+            f"hydra.run.dir={out}",
+            "trainer.enable_progress_bar=false",
+            "plots=true",
+        ],
         cwd=tmp_path,
         check=True,
         capture_output=True,

@@ -181,6 +181,11 @@ CASES = [
         "no_training_batches", ["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0", "nothing"]
     ),
     Case("negative_seed", ["seed=-1"], ["seed=-1"]),
+    Case(
+        "plots_not_a_switch",
+        ["plots=maybe", "save_checkpoints=2"],
+        ["plots='maybe': must be true or false", "save_checkpoints=2"],
+    ),
     # what cannot be imported, or is not what its group needs
     Case(
         "unknown_algorithm",

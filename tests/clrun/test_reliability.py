@@ -169,7 +169,9 @@ def test_untrained_model_is_restored_from_the_checkpoint(make_config, tmp_path):
 
 def test_finished_run_is_not_trained_again_and_resume_false_starts_over(make_config, monkeypatch):
     # default callbacks: their end-of-run hooks also run when nothing is left to train
-    cfg = make_config("benchmark.num_tasks=2", "trainer.limit_train_batches=2", "callbacks=default")
+    cfg = make_config(
+        "benchmark.num_tasks=2", "trainer.limit_train_batches=2", "callbacks=default", "plots=true"
+    )
     first = run_sequence(cfg)
     out = Path(cfg.paths.output_dir)
     import lightning

@@ -113,7 +113,12 @@ def test_csv_tensorboard_and_wandb_get_task_structured_metrics(make_config, tmp_
 
 def test_default_callbacks_show_tasks_and_draw_learning_curves(make_config, tmp_path, capsys):
     cfg = make_config(
-        *TINY, "callbacks=default", "logger=csv", "trainer.enable_progress_bar=true", quiet=False
+        *TINY,
+        "callbacks=default",
+        "logger=csv",
+        "trainer.enable_progress_bar=true",
+        "plots=true",
+        quiet=False,
     )
     run_sequence(cfg)
     out = tmp_path / "run"

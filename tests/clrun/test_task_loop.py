@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ def read_matrix(output_dir):
 
 
 def test_default_run_writes_every_result_file(make_config, tmp_path):
-    cfg = make_config("benchmark.num_tasks=3", "callbacks=default", "logger=csv", quiet=False)
+    cfg = make_config("benchmark.num_tasks=3", "callbacks=default", "logger=csv", "plots=true", quiet=False)
     cfg.trainer.enable_progress_bar = False
     run_sequence(cfg)
     out = tmp_path / "run"
@@ -111,3 +112,32 @@ def test_unsupported_paradigm_fails_before_training(make_config):
     benchmark, algorithm = build(cfg)
     with pytest.raises(ValueError, match="does not support paradigm=cil"):
         TILOnly(algorithm.backbone, algorithm.heads, algorithm.optimizer_factory, num_tasks=2)
+
+
+def test_plots_are_off_by_default_and_drawing_them_changes_no_result(make_config):
+    """``plots=false`` (the default) writes every CSV but no PNG; ``plots=true`` draws them and the
+    accuracy matrix stays bit-identical: measuring must not change the experiment."""
+    tiny = ("benchmark.num_tasks=2", "trainer.limit_train_batches=3", "callbacks=default", "logger=csv")
+    plain = make_config(*tiny, subdir="default")
+    assert plain.plots is False
+    drawn = make_config(*tiny, "plots=true", subdir="plots")
+    results = {name: run_sequence(cfg) for name, cfg in (("default", plain), ("plots", drawn))}
+    default_out, plots_out = Path(plain.paths.output_dir), Path(drawn.paths.output_dir)
+    assert not (default_out / "plots").exists()
+    assert (default_out / "results" / "learning_curves.csv").is_file()
+    for name in ("acc_matrix.png", "average_accuracy.png", "learning_curves.png"):
+        assert (plots_out / "plots" / name).read_bytes().startswith(b"\x89PNG"), name
+    torch.testing.assert_close(
+        results["plots"].acc_matrix, results["default"].acc_matrix, rtol=0, atol=0, equal_nan=True
+    )
+
+
+def test_hat_mask_plots_follow_the_plots_switch(make_config):
+    overrides = ("experiment=hat_pmnist", "benchmark=permuted_digits", "benchmark.num_tasks=2")
+    overrides += ("trainer.max_epochs=1", "trainer.limit_train_batches=2")
+    for switch, expected in (("plots=false", False), ("plots=true", True)):
+        cfg = make_config(*overrides, switch, subdir=switch.replace("=", "_"))
+        cfg.callbacks = {"hat_masks": cfg.callbacks.hat_masks} if "hat_masks" in cfg.callbacks else None
+        assert cfg.callbacks is not None, "hat_pmnist adds the mask plots"
+        run_sequence(cfg)
+        assert (Path(cfg.paths.output_dir) / "plots" / "hat_masks" / "capacity.png").is_file() is expected

@@ -23,15 +23,21 @@ class HATMaskPlots(CLCallback):
     resumed run. By default only the last task's figure is drawn, at the end of the sequence: it
     already shows every task's mask, and a figure costs 0.1-0.3 s, which a short task would
     feel; ``every_task=true`` draws one figure per task as it ends. Does nothing for
-    algorithms without a HAT mask backbone.
+    algorithms without a HAT mask backbone. ``plot=False`` (the run's ``plots`` setting, off by
+    default for speed) draws nothing.
     """
 
     def __init__(
-        self, output_subdir: str = "plots/hat_masks", dpi: int = 100, every_task: bool = False
+        self,
+        output_subdir: str = "plots/hat_masks",
+        dpi: int = 100,
+        every_task: bool = False,
+        plot: bool = True,
     ) -> None:
         self.output_subdir = output_subdir
         self.dpi = dpi
         self.every_task = every_task
+        self.plot = plot
 
     def on_task_end(self, trainer, algorithm, task_id: int, results=None) -> None:
         if self.every_task:
@@ -42,7 +48,7 @@ class HATMaskPlots(CLCallback):
             self._draw_if_hat(trainer, algorithm, results.tasks_done - 1)
 
     def _draw_if_hat(self, trainer, algorithm, task_id: int) -> None:
-        if trainer is not None and not trainer.is_global_zero:
+        if not self.plot or (trainer is not None and not trainer.is_global_zero):
             return
         if not isinstance(getattr(algorithm, "backbone", None), HATMaskBackbone):
             return

@@ -28,14 +28,20 @@ class LearningCurves(CLCallback):
 
     The x axis is the training step counted over the whole sequence, so the tasks' curves sit
     side by side. Curves live in memory: after a resumed run the plot starts at the resumed task.
+    ``plot=False`` (the run's ``plots`` setting, off by default for speed) writes the CSV only.
     """
 
     def __init__(
-        self, every_n_steps: int | None = None, output_subdir: str = "plots", every_task: bool = False
+        self,
+        every_n_steps: int | None = None,
+        output_subdir: str = "plots",
+        every_task: bool = False,
+        plot: bool = True,
     ) -> None:
         self.every_n_steps = every_n_steps
         self.output_subdir = output_subdir
         self.every_task = every_task
+        self.plot = plot
         self.rows: list[dict] = []  # {"task", "step", "sequence_step", "metric", "value"}
         self._steps_before_task = 0  # training batches of the earlier tasks
         self._batches_in_task = 0
@@ -94,11 +100,11 @@ class LearningCurves(CLCallback):
         from clcore.utils.atomic import write_text_atomic
 
         write_text_atomic(Path(trainer.default_root_dir) / "results" / "learning_curves.csv", self.csv())
-        if self.every_task:
+        if self.plot and self.every_task:
             self.draw(Path(trainer.default_root_dir) / self.output_subdir)
 
     def on_sequence_end(self, trainer, algorithm, results) -> None:
-        if trainer.is_global_zero and self.rows:
+        if self.plot and trainer.is_global_zero and self.rows:
             self.draw(Path(trainer.default_root_dir) / self.output_subdir)
 
     def csv(self) -> str:

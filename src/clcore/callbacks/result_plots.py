@@ -14,19 +14,21 @@ class ResultPlots(CLCallback):
     """Writes ``plots/acc_matrix.png`` and ``plots/average_accuracy.png`` at the end of the sequence.
 
     Drawn once at the end (not per task) so plotting never slows the task loop; the numbers
-    themselves are written after every task by the task loop.
+    themselves are written after every task by the task loop. ``plot=False`` (the run's
+    ``plots`` setting, off by default for speed) draws nothing.
     """
 
-    def __init__(self, output_subdir: str = "plots", every_task: bool = False) -> None:
+    def __init__(self, output_subdir: str = "plots", every_task: bool = False, plot: bool = True) -> None:
         self.output_subdir = output_subdir
         self.every_task = every_task
+        self.plot = plot
 
     def on_task_end(self, trainer, algorithm, task_id: int, results: ContinualResults) -> None:
-        if self.every_task and trainer.is_global_zero:
+        if self.plot and self.every_task and trainer.is_global_zero:
             self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
 
     def on_sequence_end(self, trainer, algorithm, results: ContinualResults) -> None:
-        if trainer.is_global_zero:
+        if self.plot and trainer.is_global_zero:
             self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
 
     @staticmethod

@@ -236,6 +236,9 @@ def _training_problems(plain: dict) -> list[str]:
         problems.append(
             f"trainer.limit_train_batches={limit!r}: would train on nothing; use a fraction in (0, 1], a count >= 1, or null"
         )
+    for switch in ("plots", "save_checkpoints"):
+        if switch in plain and not isinstance(plain[switch], bool):
+            problems.append(f"{switch}={plain[switch]!r}: must be true or false")
     seed = plain.get("seed")
     if not is_int(seed) or not 0 <= seed < 2**32:
         problems.append(
