@@ -47,6 +47,23 @@ def test_clrun_runs_from_any_directory(tmp_path):
     summary = json.loads((out / "results" / "summary.json").read_text())
     assert summary["tasks_done"] == 2
     assert (out / "plots" / "acc_matrix.png").is_file()
+    # the fast exit (no interpreter teardown) still ran the exit handlers: Hydra's log is flushed
+    assert "task 2/2 done" in (out / "cli.log").read_text()
+
+
+def test_the_fast_exit_runs_the_exit_handlers_and_a_failure_keeps_its_status(tmp_path):
+    probe = (
+        "import atexit; atexit.register(lambda: print('handler ran'));"
+        "from clcore.utils.fast_exit import exit_without_teardown;"
+        "print('done', end=' '); exit_without_teardown(); print('never reached')"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout) == (0, "done handler ran\n")
+    # a refused config never reaches the fast exit: non-zero, as before
+    refused = subprocess.run(
+        [CLRUN, "seed=-1", f"hydra.run.dir={tmp_path / 'refused'}"], capture_output=True, text=True
+    )
+    assert refused.returncode != 0 and "seed=-1" in refused.stderr + refused.stdout
 
 
 def test_wheel_ships_the_configs(tmp_path):

@@ -11,8 +11,17 @@ import hydra
 from omegaconf import DictConfig
 
 
+def main() -> None:
+    """The ``clta`` command: Hydra's app (``hydra_app``), then, when it succeeded, an exit without
+    Python's teardown (``clcore.utils.fast_exit``); a failure leaves the normal way, non-zero."""
+    hydra_app()
+    from clcore.utils.fast_exit import exit_without_teardown
+
+    exit_without_teardown()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://clcore.configs.ta", config_name="task_arithmetic")
-def main(cfg: DictConfig) -> float | None:
+def hydra_app(cfg: DictConfig) -> float | None:
     # Imported here so that `clta --help` and config errors answer before torch loads.
     from clcore.clta import run_protocol
 
