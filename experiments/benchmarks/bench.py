@@ -208,7 +208,9 @@ def run_plain(setting: Setting, folder: Path, env: dict, shape: dict) -> dict:
 def timed_run(
     setting: Setting, round_index: int, runs_folder: Path, env: dict, shapes: dict, keep: bool
 ) -> dict:
-    name = f"{setting.key.replace('/', '_').replace(' ', '_')}_{round_index}_{len(setting.runs)}"
+    # a folder name that Hydra's override grammar accepts in hydra.run.dir=... (no brackets)
+    stem = "".join(c if c.isalnum() else "_" for c in setting.key)
+    name = f"{stem}_{round_index}_{len(setting.runs)}"
     if setting.overrides is None:
         return run_plain(setting, runs_folder / name, env, shapes[setting.algorithm])
     return run_clrun(setting, runs_folder / name, env, keep)
