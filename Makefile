@@ -31,7 +31,7 @@ run:  ## the offline default experiment (override with ARGS="experiment=hat_pmni
 docs:  ## documentation site into site/
 	$(BIN)/mkdocs build --strict
 
-bench:  ## clrun versus a hand-written PyTorch loop (experiments/benchmarks/)
+bench:  ## the clrun commands as users type them: each default's cost, a hand-written loop, start-up (experiments/benchmarks/, ~30 min)
 	$(BIN)/python experiments/benchmarks/bench.py
 
 .PHONY: bench-peers

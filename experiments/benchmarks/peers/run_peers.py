@@ -20,6 +20,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def final_average_accuracy(name: str, folder: Path) -> float:
 
 def run(name: str, root: Path, folder: Path, timeout: float) -> dict:
     """Run once as a fresh process; wall time is the whole process, launch to exit."""
-    folder.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh folder: never resumed from an earlier run
+    folder.mkdir(parents=True)
     argv, cwd = command(name, root, folder)
     timer_json = folder / "train_timer.json"
     env = {
