@@ -23,7 +23,7 @@ selection_root=${SELECTION_ROOT:-$out/mnist-selection}
 # Shared by every run: Adam 1e-3 (optimizer default), batch 128 (benchmark default), the default
 # MLP 784-256-100-64; no checkpoints or plots (speed). Epochs per task: per benchmark, below.
 common=(trainer.enable_progress_bar=false save_checkpoints=false
-  callbacks.result_plots=null callbacks.learning_curves=null +hydra.callbacks.sweep_aggregate.plot=false
+  callbacks.result_plots=null callbacks.learning_curves=null hydra.callbacks.sweep_aggregate.plot=false
   optimizer=adam optimizer.lr=1e-3 benchmark.batch_size=128)
 split_mnist=(benchmark=split_mnist trainer.max_epochs=5)
 permuted_mnist=(benchmark=permuted_mnist trainer.max_epochs=2)

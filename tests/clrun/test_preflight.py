@@ -182,6 +182,11 @@ CASES = [
     ),
     Case("negative_seed", ["seed=-1"], ["seed=-1"]),
     Case(
+        "eval_split_unknown",
+        ["benchmark.eval_split=train"],
+        ["benchmark.eval_split='train': choose test, or val"],
+    ),
+    Case(
         "plots_not_a_switch",
         ["plots=maybe", "save_checkpoints=2"],
         ["plots='maybe': must be true or false", "save_checkpoints=2"],

@@ -231,13 +231,16 @@ def test_launcher_and_sweeper_configs_compose():
     with initialize_config_module(config_module="clcore.configs", version_base="1.3"):
         parallel = compose("config", ["hydra/launcher=parallel"], return_hydra_config=True).hydra
         slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True).hydra
-        optuna = compose(
+        optuna_config = compose(
             "config", ["experiment=hat_pmnist", "+sweep=optuna_hat"], return_hydra_config=True
-        ).hydra
+        )
+        optuna = optuna_config.hydra
     assert parallel.launcher._target_.endswith("JoblibLauncher") and parallel.launcher.n_jobs == 2
     assert slurm.launcher._target_.endswith("SlurmLauncher") and slurm.launcher.timeout_min > 0
     assert optuna.sweeper._target_.endswith("OptunaSweeper") and optuna.sweeper.direction == "maximize"
     assert {"algorithm.s_max", "algorithm.mask_sparsity_reg_factor"} <= set(optuna.sweeper.params)
+    # a search never scores trials on the test set
+    assert optuna_config.benchmark.eval_split == "val" and optuna_config.benchmark.val_fraction > 0
     assert {"job_outcome", "sweep_aggregate"} <= set(parallel.callbacks)
 
 

@@ -141,3 +141,21 @@ def test_hat_mask_plots_follow_the_plots_switch(make_config):
         assert cfg.callbacks is not None, "hat_pmnist adds the mask plots"
         run_sequence(cfg)
         assert (Path(cfg.paths.output_dir) / "plots" / "hat_masks" / "capacity.png").is_file() is expected
+
+
+def test_eval_split_val_measures_the_matrix_on_validation_images_and_trains_the_same(make_config):
+    tiny = ("benchmark.num_tasks=2", "trainer.limit_train_batches=3")
+    test_cfg = make_config(*tiny, subdir="test")
+    val_cfg = make_config(*tiny, "benchmark.eval_split=val", subdir="val")
+    on_test, on_val = run_sequence(test_cfg), run_sequence(val_cfg)
+    assert not torch.equal(on_val.acc_matrix[1], on_test.acc_matrix[1])
+    # the same training: the final weights are bit-identical, only where they are measured differs
+    weights = [
+        torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "task_2.ckpt", weights_only=True)[
+            "state_dict"
+        ]
+        for cfg in (test_cfg, val_cfg)
+    ]
+    tensors = [{n: v for n, v in w.items() if isinstance(v, torch.Tensor)} for w in weights]
+    assert tensors[0].keys() == tensors[1].keys() and len(tensors[0]) > 2
+    assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0])

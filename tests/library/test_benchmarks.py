@@ -203,3 +203,32 @@ def test_digits_cache_holds_exactly_what_scikit_learn_splits(tmp_path, monkeypat
     assert torch.equal(load_digits().test_labels, fresh.test_labels)
     monkeypatch.setenv("CLCORE_CACHE", "")
     assert digits_cache_path(0.2) is None
+
+
+def test_eval_split_val_tests_every_seen_task_on_its_held_out_training_images():
+    """``eval_split="val"``: the accuracy matrix is measured on the validation images, never the test set."""
+    on_val = SplitBenchmark("digits", num_tasks=2, seed=3, val_fraction=0.2, eval_split="val")
+    on_test = SplitBenchmark("digits", num_tasks=2, seed=3, val_fraction=0.2)
+    for benchmark in (on_val, on_test):
+        benchmark.setup_task(1)
+    for benchmark, split in ((on_val, "val"), (on_test, "test")):
+        loaders = benchmark.test_dataloader()
+        assert len(loaders) == 2  # tasks 1 and 2
+        for task_id, loader in enumerate(loaders):
+            expected = benchmark.task_split(split, task_id)
+            labels = torch.cat([batch[1] for batch in loader])
+            assert torch.equal(labels, expected.labels), (split, task_id)
+    # two different sets of images: 20% of the training images against the official test images
+    assert len(on_val.task_split("val", 0).labels) != len(on_test.task_split("test", 0).labels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"eval_split": "train"}, "benchmark.eval_split='train': choose test, or val"),
+        ({"eval_split": "val", "val_fraction": 0.0}, "needs validation images"),
+    ],
+)
+def test_eval_split_is_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PermutedBenchmark("digits", num_tasks=2, **kwargs)

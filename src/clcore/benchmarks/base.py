@@ -15,6 +15,9 @@ from clcore.benchmarks.sources import SOURCES, DataSource, ImageData, load_sourc
 from clcore.benchmarks.tensor_loader import TensorBatchLoader
 from clcore.config_rules import is_int, is_number, raise_if_problems
 
+# where the accuracy matrix can be measured (``eval_split``)
+EVAL_SPLITS = ("test", "val")
+
 
 @dataclass
 class TaskSplit:
@@ -55,6 +58,9 @@ class CLBenchmark(LightningDataModule):
         batch_size / eval_batch_size: training and evaluation batch sizes. Evaluation has no
             gradients, so large batches cost nothing but memory.
         val_fraction: share of the base training set held out for validation (seeded).
+        eval_split: the split every test (the accuracy matrix R) runs on: ``"test"``, or ``"val"``
+            to choose hyperparameters on held-out training images without reading the test set
+            (the validation images of every seen task, as the test images would be).
         seed: drives permutations, class orders and the train/validation split.
         download: let torchvision download missing files (needs internet).
         data_device: keep the whole data set on this device (e.g. ``cuda``): batches are then
@@ -73,6 +79,7 @@ class CLBenchmark(LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 2048,
         val_fraction: float = 0.1,
+        eval_split: str = "test",
         seed: int = 0,
         download: bool = False,
         data_device: str | None = None,
@@ -87,12 +94,14 @@ class CLBenchmark(LightningDataModule):
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             val_fraction=val_fraction,
+            eval_split=eval_split,
         )
         raise_if_problems(type(self).config_problems({**own, **(options or {})}))
         self.source, self.root, self.download = source, root, download
         self.num_tasks = num_tasks
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.seed = val_fraction, seed
+        self.eval_split = eval_split
         self.data_device = data_device
         self.model_input = ModelInput.from_config(model_input)
         self.current_task = 0
@@ -133,6 +142,15 @@ class CLBenchmark(LightningDataModule):
         val_fraction = options.get("val_fraction", 0.1)
         if not is_number(val_fraction) or not 0.0 <= val_fraction < 1.0:
             problems.append(f"benchmark.val_fraction={val_fraction!r}: must be in [0, 1)")
+        eval_split = options.get("eval_split", "test")
+        if eval_split not in EVAL_SPLITS:
+            problems.append(
+                f"benchmark.eval_split={eval_split!r}: choose test, or val (the held-out training images)"
+            )
+        elif eval_split == "val" and val_fraction == 0:
+            problems.append(
+                "benchmark.eval_split=val needs validation images: set benchmark.val_fraction > 0 (e.g. 0.1)"
+            )
         return problems
 
     @staticmethod
@@ -267,7 +285,7 @@ class CLBenchmark(LightningDataModule):
 
     def test_dataloader(self) -> list[TensorBatchLoader]:
         tasks = self.test_tasks if self.test_tasks is not None else range(self.current_task + 1)
-        return [self._loader("test", t, train=False) for t in tasks]
+        return [self._loader(self.eval_split, t, train=False) for t in tasks]
 
     # ---- per-batch transform ---------------------------------------------------------------
     def normalise(self, images: Tensor) -> Tensor:

@@ -82,7 +82,7 @@ class Attributions(CLCallback):
         folder = Path(trainer.default_root_dir) / self.output_subdir
         for seen in range(task_id + 1):
             task_folder = folder / f"task_{seen + 1}"
-            split = benchmark.task_split("test", seen)
+            split = benchmark.task_split(benchmark.eval_split, seen)
             images, labels = split.images[: self.num_images].cpu(), split.labels[: self.num_images].cpu()
             if not (task_folder / "inputs.pt").exists():
                 torch_save_atomic(task_folder / "inputs.pt", images)

@@ -26,8 +26,9 @@ def task_accuracy(
     targets_fn: Callable[[Tensor, int], Tensor],
     device: torch.device,
 ) -> float:
-    """Fraction of task ``task_id``'s test examples whose argmax of ``logits_fn(x, task_id)`` is the target."""
-    split = benchmark.task_split("test", task_id)
+    """Fraction of task ``task_id``'s evaluation examples (``benchmark.eval_split``: test, or val)
+    whose argmax of ``logits_fn(x, task_id)`` is the target."""
+    split = benchmark.task_split(benchmark.eval_split, task_id)
     if len(split.labels) == 0:
         raise ValueError(f"task {task_id + 1} has no test examples")
     loader = TensorBatchLoader(split.images, split.labels, task_id, batch_size=benchmark.eval_batch_size)
