@@ -59,6 +59,14 @@ def test_the_fast_exit_runs_the_exit_handlers_and_a_failure_keeps_its_status(tmp
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert (ran.returncode, ran.stdout) == (0, "done handler ran\n")
+    # CLCORE_FULL_EXIT=1 (docs/speed.md): the normal exit, the rest of the program runs
+    full = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CLCORE_FULL_EXIT": "1"},
+    )
+    assert (full.returncode, full.stdout) == (0, "done never reached\nhandler ran\n")
     # a refused config never reaches the fast exit: non-zero, as before
     refused = subprocess.run(
         [CLRUN, "seed=-1", f"hydra.run.dir={tmp_path / 'refused'}"], capture_output=True, text=True
@@ -108,3 +116,19 @@ def test_wheel_ships_the_configs(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clcore.heads.HeadsCIL"
+
+
+def test_the_validation_grid_of_docs_sweeps_runs_as_written(tmp_path):
+    """docs/sweeps.md: ``clrun -m benchmark.eval_split=val optimizer.lr=1e-3,1e-2`` (tiny overrides appended)."""
+    command = [CLRUN, "-m", "benchmark.eval_split=val", "optimizer.lr=1e-3,1e-2"]
+    command += [
+        "benchmark.num_tasks=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    aggregate = (tmp_path / "sweep" / "aggregate.csv").read_text().splitlines()
+    assert len(aggregate) == 3 and all("benchmark.eval_split=val" in row for row in aggregate[1:])

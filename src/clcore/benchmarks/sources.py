@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from clcore.benchmarks.errors import DataNotFoundError
+from clcore.utils.atomic import torch_save_atomic
 
 
 @dataclass
@@ -260,7 +261,10 @@ def load_digits(test_fraction: float = 0.2) -> ImageData:
             pass  # absent or damaged: built again below and rewritten
     data = _digits_from_sklearn(test_fraction)
     if cache is not None:
-        _write_atomically(cache, dataclasses.asdict(data))
+        try:  # atomic: a concurrent run never reads half a file
+            torch_save_atomic(cache, dataclasses.asdict(data))
+        except OSError:
+            pass  # a cache that cannot be written (a read-only home): the data was loaded anyway
     return data
 
 
@@ -283,18 +287,6 @@ def digits_cache_path(test_fraction: float) -> Path | None:
     except PackageNotFoundError:
         return None
     return Path(folder) / f"digits-scikit-learn-{sklearn_version}-test{test_fraction}.pt"
-
-
-def _write_atomically(path: Path, tensors: dict) -> None:
-    """Save to a temporary file beside ``path`` and rename it: concurrent runs never read half a file.
-    A cache that cannot be written (a read-only home) is skipped; the data was loaded anyway."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save(tensors, temporary)
-        os.replace(temporary, path)
-    except OSError:
-        pass
 
 
 def _digits_from_sklearn(test_fraction: float) -> ImageData:
