@@ -15,6 +15,7 @@ class BackboneSnapshots(CLCallback):
 
 
 # ---- reliability tests: crashes, stalls, divergence, algorithm/backbone pairings -------------------
+import os  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,7 +29,7 @@ class StallInTask(CLCallback):
     """Hangs in the middle of task ``task`` (1-based) so a test can kill the process there.
 
     At training batch ``batch`` of that task it writes ``marker`` (the test's signal that the
-    process is inside the task) and sleeps ``seconds``. When ``marker`` already exists, i.e. the
+    process is inside the task; it holds the process id) and sleeps ``seconds``. When ``marker`` already exists, i.e. the
     same command runs again to resume, it does nothing: the resumed run is not slowed down.
     """
 
@@ -38,7 +39,7 @@ class StallInTask(CLCallback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.armed and pl_module.task_id + 1 == self.task and batch_idx == self.batch:
-            self.marker.write_text("inside the task\n")
+            self.marker.write_text(f"{os.getpid()}\n")  # the process to signal (a launcher's child)
             time.sleep(self.seconds)
 
 

@@ -37,16 +37,18 @@ def test_a_run_loads_its_benchmark_once_and_plans_its_resumption_once(tiny_sourc
         built.append(self)
         original_init(self, *args, **kwargs)
 
-    def counting_plan(cfg):
+    def counting_plan(cfg, data_fingerprint=None):
         plans.append(cfg)
-        return original_plan(cfg)
+        return original_plan(cfg, data_fingerprint)
 
     monkeypatch.setattr(SplitBenchmark, "__init__", counting_init)
     monkeypatch.setattr(resume, "resume_plan", counting_plan)
     cfg = make_config(*SPLIT_TINY, "benchmark.num_tasks=3")
     results = run_sequence(cfg)
     assert results.tasks_done == 3
-    assert len(built) == 1 and tiny_source.load.calls == 1 and len(plans) == 1
+    # the plan is made by the pre-flight check and made again once the folder's lock is held (a run
+    # that held the folder may have finished in between): two cheap reads, never a second data load
+    assert len(built) == 1 and tiny_source.load.calls == 1 and len(plans) == 2
     # the hash the plan carried is the one in the checkpoints
     assert resume.config_hash(cfg) == preflight(cfg).config_hash
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from clcore.clrun.task_loop import build, run_sequence
+from clcore.clrun.build import build
+from clcore.clrun.task_loop import run_sequence
 from tests.helpers import BackboneSnapshots
 
 pytestmark = pytest.mark.slow

@@ -53,6 +53,10 @@ class CLAlgorithm(LightningModule):
     # The backbone class this algorithm needs (e.g. HAT: a mask backbone); checked by
     # ``clcore.clrun.checks`` from the config, before anything is built, and again here.
     required_backbone_type: type | None = None
+    # Metrics logged under the same name in every task (``validation_step``), so that a plateau
+    # scheduler or an early-stopping / checkpoint callback can monitor them; the pre-flight check
+    # refuses a monitor not listed here. A subclass that logs more extends the tuple.
+    MONITORABLE_METRICS: tuple[str, ...] = ("val/loss", "val/acc")
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.
     nonfinite_check_every_n_steps: int = 50

@@ -25,18 +25,22 @@ batch norm (``HATMaskResNet18``), and old heads, embeddings and norms kept out o
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn, TrainerStatus
 from torch import Tensor, nn
 
 from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
-from clcore.backbones.hat_mask import EMBEDDING_INIT_MODES, HATMaskBackbone, units_used
-from clcore.config_rules import is_number, raise_if_problems
+from clcore.backbones.hat_mask import EMBEDDING_INIT_MODES, EmbeddingInit, HATMaskBackbone, units_used
+from clcore.config_rules import choice_problem, is_number, raise_if_problems
 from clcore.heads.base import CLHeads
 
-ADJUSTMENT_MODES = ("hat", "hat_random", "hat_const_alpha", "hat_const_1")
-MASK_SPARSITY_REG_MODES = ("original", "cross")
+# The choices as annotations (the pre-flight check reads them) and as tuples (the code's own checks).
+AdjustmentMode = Literal["hat", "hat_random", "hat_const_alpha", "hat_const_1"]
+MaskSparsityRegMode = Literal["original", "cross"]
+ADJUSTMENT_MODES = get_args(AdjustmentMode)
+MASK_SPARSITY_REG_MODES = get_args(MaskSparsityRegMode)
 
 
 def annealed_s(batch_idx: int, num_batches: int, s_max: float) -> float:
@@ -146,7 +150,7 @@ class HAT(CLAlgorithm):
 
     @classmethod
     def config_problems(cls, options, *, paradigm=None, backbone_type=None) -> list[str]:
-        """The setting's rules (``CLAlgorithm``) and HAT's own options."""
+        """The setting's rules (``CLAlgorithm``) and HAT's own options (an absent one takes its default)."""
         problems = super().config_problems(options, paradigm=paradigm, backbone_type=backbone_type)
         choices = {
             "adjustment_mode": ADJUSTMENT_MODES,
@@ -155,16 +159,33 @@ class HAT(CLAlgorithm):
         }
         for key, allowed in choices.items():
             if key in options and options[key] not in allowed:
-                problems.append(f"algorithm.{key}={options[key]!r}: choose one of {', '.join(allowed)}")
-        if options.get("adjustment_mode") == "hat_const_alpha" and options.get("adjustment_alpha") is None:
+                problems.append(choice_problem(f"algorithm.{key}", options[key], allowed))
+        alpha = options.get("adjustment_alpha")
+        if options.get("adjustment_mode") == "hat_const_alpha" and alpha is None:
             problems.append(
                 "algorithm.adjustment_mode=hat_const_alpha needs algorithm.adjustment_alpha (the constant rate)"
             )
-        s_max = options.get("s_max", 400.0)
-        if not is_number(s_max) or s_max < 1:
+        if alpha is not None and not (is_number(alpha) and 0 <= alpha <= 1):
             problems.append(
-                f"algorithm.s_max={s_max!r}: must be a number >= 1 (the anneal runs from 1/s_max up to s_max)"
+                f"algorithm.adjustment_alpha={alpha!r}: must be a gradient rate in [0, 1] (0: frozen, 1: free), or null"
             )
+        s_max = options.get("s_max", 400.0)
+        if not (is_number(s_max) and math.isfinite(s_max) and s_max >= 1):
+            problems.append(
+                f"algorithm.s_max={s_max!r}: must be a finite number >= 1 (the anneal runs from 1/s_max up to s_max)"
+            )
+        factor = options.get("mask_sparsity_reg_factor", 0.75)
+        if not (is_number(factor) and math.isfinite(factor) and factor >= 0):
+            problems.append(
+                f"algorithm.mask_sparsity_reg_factor={factor!r}: must be a finite number >= 0 (0: no sparsity pressure)"
+            )
+        for key, default, meaning in (
+            ("compensation_threshold", 50.0, "the clamp of s e inside cosh"),
+            ("embedding_clamp", 6.0, "embeddings are clamped to [-value, value]"),
+        ):
+            value = options.get(key, default)
+            if not (is_number(value) and math.isfinite(value) and value > 0):
+                problems.append(f"algorithm.{key}={value!r}: must be a finite number > 0 ({meaning})")
         return problems
 
     def __init__(
@@ -177,18 +198,21 @@ class HAT(CLAlgorithm):
         lr_scheduler_monitor: str = "val/loss",
         s_max: float = 400.0,
         mask_sparsity_reg_factor: float = 0.75,
-        mask_sparsity_reg_mode: str = "original",
-        adjustment_mode: str = "hat",
+        mask_sparsity_reg_mode: MaskSparsityRegMode = "original",
+        adjustment_mode: AdjustmentMode = "hat",
         adjustment_alpha: float | None = None,
         compensation_threshold: float = 50.0,
         embedding_clamp: float = 6.0,
-        embedding_init: str = "N01",
+        embedding_init: EmbeddingInit = "N01",
     ) -> None:
         options = dict(
             s_max=s_max,
+            mask_sparsity_reg_factor=mask_sparsity_reg_factor,
             mask_sparsity_reg_mode=mask_sparsity_reg_mode,
             adjustment_mode=adjustment_mode,
             adjustment_alpha=adjustment_alpha,
+            compensation_threshold=compensation_threshold,
+            embedding_clamp=embedding_clamp,
             embedding_init=embedding_init,
         )
         super().__init__(backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor, options)

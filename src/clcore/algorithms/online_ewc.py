@@ -38,7 +38,7 @@ class OnlineEWC(EWC):
         lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_monitor: str = "val/loss",
         reg_lambda: float = 100.0,
-        fisher: str = "true",
+        fisher: str | bool = "true",  # "true" | "empirical"; YAML reads an unquoted true as a bool
         importance_samples: int | None = None,
         gamma: float = 1.0,
     ) -> None:

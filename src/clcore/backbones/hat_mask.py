@@ -27,7 +27,7 @@ a freshly built backbone before any task is set up):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,8 @@ from clcore.backbones.base import CLBackbone
 from clcore.config_rules import is_int, raise_if_problems
 
 MASK_MODES = ("train", "val", "test")
-EMBEDDING_INIT_MODES = ("N01", "U-11", "U01", "U-10", "last")
+EmbeddingInit = Literal["N01", "U-11", "U01", "U-10", "last"]  # HAT's embedding_init annotation
+EMBEDDING_INIT_MODES = get_args(EmbeddingInit)
 AGGREGATIONS = ("min", "max", "mean")
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clcore.backbones.hat_mask import HATMaskBackbone
+from clcore.backbones.mlp import layer_problems
+from clcore.config_rules import raise_if_problems
 
 
 class HATMaskMLP(HATMaskBackbone):
@@ -26,6 +29,11 @@ class HATMaskMLP(HATMaskBackbone):
         num_tasks: tasks to make room for (task embeddings and stored masks).
     """
 
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
+        """Room for every task (``HATMaskBackbone``) and the sizes of an ``MLP``."""
+        return super().config_problems(options, num_tasks=num_tasks) + layer_problems(options)
+
     def __init__(
         self,
         input_dim: int,
@@ -35,6 +43,8 @@ class HATMaskMLP(HATMaskBackbone):
         *,
         num_tasks: int,
     ) -> None:
+        options = dict(input_dim=input_dim, hidden_dims=hidden_dims, output_dim=output_dim, dropout=dropout)
+        raise_if_problems(type(self).config_problems({**options, "num_tasks": num_tasks}))
         super().__init__(output_dim, num_tasks)
         self.input_dim = input_dim
         dims = [input_dim, *hidden_dims, output_dim]

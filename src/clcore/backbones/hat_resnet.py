@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from clcore.backbones.hat_mask import HATMaskBackbone
+from clcore.backbones.resnet import channel_problems
+from clcore.config_rules import is_int, raise_if_problems
 
 
 def per_task_batch_norm(channels: int, num_tasks: int) -> nn.ModuleList:
@@ -74,7 +79,18 @@ class HATMaskResNet18(HATMaskBackbone):
             stages have ``base_width * (1, 2, 4, 8)`` channels, ``output_dim = 8 * base_width``.
     """
 
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
+        """Room for every task (``HATMaskBackbone``), the input channels and the stage widths."""
+        problems = super().config_problems(options, num_tasks=num_tasks) + channel_problems(options)
+        width = options.get("base_width", 64)
+        if not (is_int(width) and width >= 1):
+            problems.append(f"backbone.base_width={width!r}: must be an integer >= 1 (64 is ResNet-18)")
+        return problems
+
     def __init__(self, in_channels: int = 3, *, num_tasks: int, base_width: int = 64) -> None:
+        options = {"in_channels": in_channels, "num_tasks": num_tasks, "base_width": base_width}
+        raise_if_problems(type(self).config_problems(options))
         super().__init__(output_dim=8 * base_width, num_tasks=num_tasks)
         self.conv1 = nn.Conv2d(in_channels, base_width, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = per_task_batch_norm(base_width, num_tasks)

@@ -2,11 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
 from clcore.backbones.base import CLBackbone
+from clcore.config_rules import is_int, is_number, raise_if_problems
+
+
+def layer_problems(options: Mapping[str, Any]) -> list[str]:
+    """The sizes of a fully connected backbone (``MLP``, ``HATMaskMLP``): each layer needs a unit.
+
+    ``input_dim`` absent or null: it follows the benchmark. Absent options take their defaults.
+    """
+    problems = []
+    for key in ("input_dim", "output_dim"):
+        value = options.get(key)
+        if value is not None and not (is_int(value) and value >= 1):
+            problems.append(f"backbone.{key}={value!r}: must be an integer >= 1")
+    hidden_dims = options.get("hidden_dims", ())
+    listed = isinstance(hidden_dims, Sequence) and not isinstance(hidden_dims, str)
+    if not (listed and all(is_int(width) and width >= 1 for width in hidden_dims)):
+        problems.append(
+            f"backbone.hidden_dims={hidden_dims!r}: each hidden layer needs an integer width >= 1 "
+            "(e.g. backbone.hidden_dims=[256,100]; [] for none)"
+        )
+    dropout = options.get("dropout", 0.0)
+    if not (is_number(dropout) and math.isfinite(dropout) and 0 <= dropout < 1):
+        problems.append(f"backbone.dropout={dropout!r}: must be a probability in [0, 1) (0: no dropout)")
+    return problems
 
 
 class MLP(CLBackbone):
@@ -16,6 +42,10 @@ class MLP(CLBackbone):
     (e.g. 784-256-100 with 64-d features, the AdaHAT / CLArena PMNIST setting).
     """
 
+    @classmethod
+    def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
+        return super().config_problems(options, num_tasks=num_tasks) + layer_problems(options)
+
     def __init__(
         self,
         input_dim: int,
@@ -24,6 +54,8 @@ class MLP(CLBackbone):
         dropout: float = 0.0,
         batch_norm: bool = False,
     ) -> None:
+        options = dict(input_dim=input_dim, hidden_dims=hidden_dims, output_dim=output_dim, dropout=dropout)
+        raise_if_problems(type(self).config_problems(options))
         super().__init__(output_dim)
         dims = [input_dim, *hidden_dims, output_dim]
         layers: list[nn.Module] = [nn.Flatten()]

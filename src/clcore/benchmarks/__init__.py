@@ -12,6 +12,7 @@ from clcore.utils.lazy_exports import lazy_exports
 # public name -> the module that defines it
 _EXPORTS = {
     "CLBenchmark": "clcore.benchmarks.base",
+    "DamagedDataError": "clcore.benchmarks.errors",
     "DataNotFoundError": "clcore.benchmarks.errors",
     "DataSource": "clcore.benchmarks.sources",
     "ImageData": "clcore.benchmarks.sources",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,9 @@ from clcore.config_rules import is_int, is_number, raise_if_problems
 
 # where the accuracy matrix can be measured (``eval_split``)
 EVAL_SPLITS = ("test", "val")
+
+# images per split whose bytes ``data_fingerprint`` hashes: ~6 MB of CIFAR, a few milliseconds
+FINGERPRINT_IMAGES = 2048
 
 
 @dataclass
@@ -209,6 +213,31 @@ class CLBenchmark(LightningDataModule):
         self._std = torch.tensor(data.std).view(1, -1, 1, 1)
         self.data = data
         return data
+
+    def data_fingerprint(self) -> str:
+        """A short hex digest of the loaded base data, to tell whether a resumed run reads the same data.
+
+        Covers the source's name and class count; for train and test: the images' and labels'
+        shapes and dtypes, every label, and the bytes of up to ``FINGERPRINT_IMAGES`` images
+        evenly strided over the split (always the first and the last). It costs milliseconds on
+        CIFAR-100 and changes when a data set is replaced, relabelled, resized or cut.
+
+        Not covered: a change to an image outside the sample (a few pixels edited in image 5 of
+        CIFAR-10's 50,000 go unnoticed), the normalisation statistics and class names (constants
+        of the source, not of its files), and the benchmark's own options (the config hash's job).
+        """
+        data = self.load()
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(f"{data.name}:{data.num_classes}".encode())
+        for split in ("train", "test"):
+            images, labels = getattr(data, f"{split}_images"), getattr(data, f"{split}_labels")
+            digest.update(f"{split}:{tuple(images.shape)}:{images.dtype}:{labels.dtype}".encode())
+            digest.update(labels.cpu().contiguous().numpy())
+            count = min(len(images), FINGERPRINT_IMAGES)
+            # evenly strided, deterministic: 0, ..., len - 1
+            sample = torch.arange(count) * (len(images) - 1) // max(count - 1, 1)
+            digest.update(images.cpu()[sample].contiguous().numpy())
+        return digest.hexdigest()
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

@@ -8,18 +8,19 @@ uint8 tensor ``[N, C, H, W]`` per split (``ImageData``). Adding a torchvision da
 with ``train=True/False`` splits) plus the benchmark YAML files that use it; nothing else reads a
 list of sources.
 
-torchvision reads the official files; scikit-learn's 8x8 digits ship with the package and are
-always available offline. Missing files raise ``DataNotFoundError`` naming what was looked for.
+clcore reads MNIST's idx files and the CIFAR python pickles itself (``clcore.benchmarks.readers``;
+torchvision only downloads them), other torchvision data sets are read by torchvision;
+scikit-learn's 8x8 digits ship with the package and are always available offline. Missing files
+raise ``DataNotFoundError`` naming what was looked for; a file that is present but damaged raises
+``DamagedDataError`` naming it and what is wrong with it. Reading never writes into the data folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
 import os
 import pickle
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clcore.benchmarks.errors import DataNotFoundError
+from clcore.benchmarks.errors import REPLACE_FILE, DamagedDataError, DataNotFoundError
+from clcore.benchmarks.readers import (
+    check_labels,
+    check_same_count,
+    read_cifar_batch,
+    read_cifar_names,
+    read_idx,
+)
 from clcore.utils.atomic import torch_save_atomic
+from clcore.utils.safe_load import load_tensors_safely
 
 
 @dataclass
@@ -50,21 +59,48 @@ class ImageData:
     class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        """Refuse data no benchmark can use (``DamagedDataError``, whichever source loaded it): images
+        that are not uint8 ``[N, C, H, W]``, an empty split, a label count unlike the image count,
+        labels outside ``0..num_classes-1``, train and test images of different shapes."""
         # Batches are normalised in place on their float copy, and stored as 1 byte a pixel:
         # a source with other images must convert them, or say so here rather than mid-run.
         for split in ("train", "test"):
             images, labels = getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
             if images.dtype != torch.uint8 or images.dim() != 4:
-                raise ValueError(
-                    f"{self.name}: {split} images must be a uint8 tensor [N, C, H, W] (0..255), "
-                    f"got {images.dtype} {tuple(images.shape)}"
+                raise DamagedDataError(
+                    self.name,
+                    f"{split} images must be a uint8 tensor [N, C, H, W] (0..255), "
+                    f"got {images.dtype} {tuple(images.shape)}",
+                    fix="convert them in the source's loader",
                 )
             if len(labels) != len(images):
-                raise ValueError(f"{self.name}: {len(images)} {split} images but {len(labels)} labels")
+                raise DamagedDataError(
+                    self.name, f"{len(images)} {split} images but {len(labels)} labels", fix=CHECK_FILES
+                )
+            if len(images) == 0:
+                raise DamagedDataError(self.name, f"the {split} split holds no images", fix=CHECK_FILES)
+            check_labels(f"{self.name} ({split} labels)", labels, self.num_classes)
+        # A model built for the training images must take the test images as they are.
+        train_shape, test_shape = tuple(self.train_images.shape[1:]), tuple(self.test_images.shape[1:])
+        if train_shape != test_shape:
+            raise DamagedDataError(
+                self.name,
+                f"train images are {_shape(train_shape)} but test images are {_shape(test_shape)} "
+                f"(channels x height x width)",
+                fix=CHECK_FILES,
+            )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+
+# What to do about a data set whose files disagree (each file read, but not one data set together).
+CHECK_FILES = "the data set's files do not belong together: replace them with one official copy"
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
 
 
 # (root, download) -> the data set; root is None only for a source that needs none.
@@ -144,42 +180,90 @@ MNIST_FILES = (
 )
 
 
-def _gunzip_missing(raw_folder: Path) -> None:
-    """torchvision's MNIST reads the uncompressed files; unpack ``.gz`` copies placed by hand."""
-    for name in MNIST_FILES:
-        packed, unpacked = raw_folder / f"{name}.gz", raw_folder / name
-        if packed.is_file() and not unpacked.is_file():
-            with gzip.open(packed, "rb") as src, open(unpacked, "wb") as dst:
-                shutil.copyfileobj(src, dst)
+def _mnist_file(raw_folder: Path, name: str) -> Path | None:
+    """``raw_folder/name``, else ``raw_folder/name.gz``, else None."""
+    for path in (raw_folder / name, raw_folder / f"{name}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _read_mnist_file(raw_folder: Path, name: str, ndim: int, what: str) -> tuple[Path, Tensor]:
+    """One MNIST file, read and checked (``read_idx``); a damaged plain file with a ``.gz`` beside it
+    says that deleting it makes the ``.gz`` the one read."""
+    path = _mnist_file(raw_folder, name)
+    try:
+        return path, read_idx(path, ndim, what)
+    except DamagedDataError as error:
+        packed = raw_folder / f"{name}.gz"
+        if path.suffix == ".gz" or not packed.is_file():
+            raise
+        raise DamagedDataError(
+            path, error.problem, fix=f"delete it: {packed.name} beside it is read instead"
+        ) from None
 
 
 def load_mnist(root: str | Path, download: bool = False) -> ImageData:
-    """MNIST from ``<root>/MNIST/raw/`` (torchvision's layout; ``.gz`` files are fine)."""
-    from torchvision.datasets import MNIST
+    """MNIST from ``<root>/MNIST/raw/`` (torchvision's layout; each file plain or ``.gz``).
 
-    raw_folder = Path(root).expanduser() / "MNIST" / "raw"
-    if raw_folder.is_dir():
-        _gunzip_missing(raw_folder)
-    try:
-        train = MNIST(str(Path(root).expanduser()), train=True, download=download)
-        test = MNIST(str(Path(root).expanduser()), train=False, download=download)
-    except Exception as error:  # torchvision raises RuntimeError (missing) or URLError (offline)
+    The four idx files are read by clcore (``readers.read_idx``, a ``.gz`` unpacked in memory):
+    missing files raise ``DataNotFoundError``; a damaged file, images and labels files of
+    different counts, images of a shape other than 28x28, or labels outside 0..9 raise
+    ``DamagedDataError`` naming the file. ``download=True`` fetches missing files with torchvision.
+    """
+    root = Path(root).expanduser()
+    raw_folder = root / "MNIST" / "raw"
+    if download and not all(_mnist_file(raw_folder, name) for name in MNIST_FILES):
+        _download("MNIST", root, "MNIST", MNIST_FILES)
+    missing = [name for name in MNIST_FILES if _mnist_file(raw_folder, name) is None]
+    if missing:
         raise DataNotFoundError(
-            f"MNIST not found in {raw_folder}/ (looked for {', '.join(MNIST_FILES)}, optionally .gz). "
+            f"MNIST not found in {raw_folder}/ (missing {', '.join(missing)}, each plain or .gz). "
             f"Set benchmark.root to the folder that holds MNIST/raw/, or run once with "
-            f"benchmark.download=true on a machine with internet access. ({error})"
-        ) from error
+            f"benchmark.download=true on a machine with internet access."
+        )
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images_path, images = _read_mnist_file(raw_folder, f"{prefix}-images-idx3-ubyte", 3, "images")
+        labels_path, labels = _read_mnist_file(raw_folder, f"{prefix}-labels-idx1-ubyte", 1, "labels")
+        check_same_count(images_path, images, labels_path, labels)
+        check_labels(labels_path, labels, 10)
+        splits[split] = (images_path, images.unsqueeze(1), labels.long())
+    (train_path, train_images, train_labels), (test_path, test_images, test_labels) = splits.values()
+    for path, images in ((train_path, train_images), (test_path, test_images)):
+        if images.shape[2:] != (28, 28):
+            raise DamagedDataError(path, f"holds images of {_shape(images.shape[2:])}, MNIST's are 28x28")
     return ImageData(
         name="mnist",
-        train_images=train.data.unsqueeze(1).contiguous(),
-        train_labels=train.targets.long(),
-        test_images=test.data.unsqueeze(1).contiguous(),
-        test_labels=test.targets.long(),
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
         num_classes=10,
         mean=(0.1307,),
         std=(0.3081,),
         class_names=DIGIT_NAMES,
     )
+
+
+def _download(dataset_class: str, root: Path, folder: str, files: tuple[str, ...] | str) -> None:
+    """Let ``torchvision.datasets.<dataset_class>`` download its files into ``root`` (both splits).
+
+    A failure (offline, a server error) is a ``DataNotFoundError``: the files are still missing.
+    """
+    import torchvision.datasets
+
+    dataset_cls = getattr(torchvision.datasets, dataset_class)
+    try:
+        for train in (True, False):
+            dataset_cls(str(root), train=train, download=True)
+    except Exception as error:  # torchvision raises RuntimeError (missing) or URLError (offline)
+        listed = ", ".join(files) if isinstance(files, tuple) else files
+        raise DataNotFoundError(
+            f"{dataset_class} not found in {root / folder}/ ({listed}) and the download failed: "
+            f"set benchmark.root to the folder that holds {folder}/, or download on a machine "
+            f"with internet access. ({error})"
+        ) from error
 
 
 def torchvision_source(
@@ -224,6 +308,13 @@ def _load_torchvision(
         train = dataset_cls(str(root), train=True, download=download)
         test = dataset_cls(str(root), train=False, download=download)
     except Exception as error:  # torchvision raises RuntimeError (missing) or URLError (offline)
+        if (root / folder).is_dir() and any((root / folder).iterdir()):
+            # torchvision cannot tell a missing file from a damaged one; clcore's own readers can.
+            raise DamagedDataError(
+                root / folder,
+                f"present, but torchvision.datasets.{dataset_class} cannot read it ({error})",
+                fix=f"a file of {files} in it is missing or damaged: {REPLACE_FILE}",
+            ) from error
         raise DataNotFoundError(
             f"{dataset_class} not found in {root / folder}/ ({files}). "
             f"Set benchmark.root to the folder that holds {folder}/, or run once with "
@@ -245,6 +336,86 @@ def _load_torchvision(
     )
 
 
+@dataclass(frozen=True)
+class CifarFiles:
+    """Where a CIFAR data set's python pickles lie, and the keys of its labels and class names.
+
+    ``dataset_class``: the ``torchvision.datasets`` class that downloads them.
+    """
+
+    dataset_class: str
+    folder: str
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+    label_key: str
+    names_key: str
+
+
+CIFAR10_FILES = CifarFiles(
+    "CIFAR10",
+    "cifar-10-batches-py",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    "batches.meta",
+    "labels",
+    "label_names",
+)
+CIFAR100_FILES = CifarFiles(
+    "CIFAR100", "cifar-100-python", ("train",), ("test",), "meta", "fine_labels", "fine_label_names"
+)
+
+
+def cifar_source(
+    name: str, files: CifarFiles, num_classes: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> DataSource:
+    """The entry of a CIFAR data set read from its official python pickles by clcore (``_load_cifar``)."""
+    return DataSource(
+        name, num_classes, (3, 32, 32), functools.partial(_load_cifar, name, files, num_classes, mean, std)
+    )
+
+
+def _load_cifar(
+    name: str,
+    files: CifarFiles,
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    root: str,
+    download: bool = False,
+) -> ImageData:
+    """CIFAR-10/100 from ``<root>/<files.folder>/`` (torchvision's layout), read by clcore.
+
+    Missing files raise ``DataNotFoundError``; a damaged batch or meta file (``readers``) raises
+    ``DamagedDataError`` naming it. ``download=True`` fetches missing files with torchvision.
+    """
+    root = Path(root).expanduser()
+    folder = root / files.folder
+    names = (*files.train, *files.test, files.meta)
+    if download and not all((folder / file).is_file() for file in names):
+        _download(files.dataset_class, root, files.folder, "the official python-pickle batches")
+    missing = [file for file in names if not (folder / file).is_file()]
+    if missing:
+        raise DataNotFoundError(
+            f"{files.dataset_class} not found in {folder}/ (the official python-pickle batches: "
+            f"missing {', '.join(missing)}). Set benchmark.root to the folder that holds "
+            f"{files.folder}/, or run once with benchmark.download=true on a machine with internet access."
+        )
+
+    def read_split(batches: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+        parts = [read_cifar_batch(folder / batch, files.label_key, num_classes) for batch in batches]
+        return torch.cat([images for images, _ in parts]), torch.cat([labels for _, labels in parts])
+
+    train_images, train_labels = read_split(files.train)
+    test_images, test_labels = read_split(files.test)
+    class_names = read_cifar_names(folder / files.meta, files.names_key, num_classes)
+    # "aquarium_fish" -> "aquarium fish"
+    class_names = tuple(class_name.replace("_", " ") for class_name in class_names)
+    return ImageData(
+        name, train_images, train_labels, test_images, test_labels, num_classes, mean, std, class_names
+    )
+
+
 def load_digits(test_fraction: float = 0.2) -> ImageData:
     """scikit-learn's 8x8 handwritten digits (1797 images, values 0..16) as uint8 0..255.
 
@@ -256,7 +427,7 @@ def load_digits(test_fraction: float = 0.2) -> ImageData:
     cache = digits_cache_path(test_fraction)
     if cache is not None:
         try:
-            return ImageData(**torch.load(cache, weights_only=True))
+            return ImageData(**load_tensors_safely(cache, "digits cache"))
         except (OSError, RuntimeError, TypeError, ValueError, EOFError, pickle.UnpicklingError):
             pass  # absent or damaged: built again below and rewritten
     data = _digits_from_sklearn(test_fraction)
@@ -317,26 +488,8 @@ def _digits_from_sklearn(test_fraction: float) -> ImageData:
 register_source(DataSource("digits", 10, (1, 8, 8), lambda root, download: load_digits(), needs_root=False))
 register_source(DataSource("mnist", 10, (1, 28, 28), load_mnist))
 register_source(
-    torchvision_source(
-        "cifar10",
-        "CIFAR10",
-        "cifar-10-batches-py",
-        10,
-        (3, 32, 32),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-        files="the official python-pickle batches",
-    )
+    cifar_source("cifar10", CIFAR10_FILES, 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 )
 register_source(
-    torchvision_source(
-        "cifar100",
-        "CIFAR100",
-        "cifar-100-python",
-        100,
-        (3, 32, 32),
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-        files="the official python-pickle batches",
-    )
+    cifar_source("cifar100", CIFAR100_FILES, 100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
 )

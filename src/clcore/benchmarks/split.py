@@ -18,6 +18,12 @@ class SplitBenchmark(CLBenchmark):
     Task t has classes ``class_order[t*k : (t+1)*k]`` with k = ``classes_per_task``. The class
     order is the natural one, a given list, or (``shuffle_classes=true``) a permutation drawn
     from ``seed``. Labels are local (0..k-1); the paradigm's head maps them (CIL: global).
+
+    Classes that fit in no task (the class count, or the length of ``class_order``, not a
+    multiple of k: 3 tasks x 3 classes over 10 digits) are refused, naming them; listing the
+    classes to use in ``class_order`` leaves the others out deliberately. A shorter sequence (fewer
+    tasks than the classes allow, e.g. 3 of Split MNIST's 5) is the start of the full one and is
+    accepted.
     """
 
     def __init__(
@@ -29,7 +35,12 @@ class SplitBenchmark(CLBenchmark):
         class_order: list[int] | None = None,
         **kwargs,
     ) -> None:
-        options = dict(classes_per_task=classes_per_task, class_order=class_order)
+        options = dict(
+            classes_per_task=classes_per_task,
+            class_order=class_order,
+            shuffle_classes=shuffle_classes,
+            seed=kwargs.get("seed", 0),
+        )
         super().__init__(source, num_tasks, options=options, **kwargs)
         self.classes_per_task = classes_per_task
         self.shuffle_classes = shuffle_classes
@@ -62,17 +73,12 @@ class SplitBenchmark(CLBenchmark):
             problems.append(
                 f"benchmark.class_order must list at least {needed} distinct classes in 0..{available - 1}, got {order}"
             )
+        elif needed <= available:
+            problems += _dropped_class_problems(options, entry.name, available, num_tasks, per_task)
         return problems
 
     def _on_load(self, data: ImageData) -> None:
-        if self._given_order is not None:
-            order = self._given_order
-        elif self.shuffle_classes:
-            generator = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(data.num_classes, generator=generator).tolist()
-        else:
-            order = list(range(data.num_classes))
-        self.class_order = order
+        self.class_order = class_order(data.num_classes, self._given_order, self.shuffle_classes, self.seed)
 
     def classes_of(self, task_id: int) -> list[int]:
         self.load()
@@ -88,3 +94,46 @@ def _is_class_order(order: Any, needed: int, available: int) -> bool:
         and all(is_int(c) and 0 <= c < available for c in order)
         and len(set(order)) == len(order) >= needed
     )
+
+
+def class_order(num_classes: int, given: Sequence[int] | None, shuffle: bool, seed: int) -> list[int]:
+    """The order tasks take classes in: ``given``, else a permutation drawn from ``seed``
+    (``shuffle``), else ``0..num_classes-1``."""
+    if given is not None:
+        return list(given)
+    if shuffle:
+        return torch.randperm(num_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+    return list(range(num_classes))
+
+
+def _dropped_class_problems(
+    options: Mapping[str, Any], source: str, available: int, num_tasks: int, per_task: int
+) -> list[str]:
+    """Classes that fit in no task of ``per_task`` classes, named (with every class the run leaves out).
+
+    The classes in play are ``class_order`` when given (listing them is how a user leaves the
+    others out on purpose), else all of the source's. When their count is not a multiple of
+    ``per_task``, the last ones of the order belong to no task, however many tasks run: the
+    run would silently never see them. The class order is the one ``_on_load`` draws (the seed
+    decides it for ``shuffle_classes``), so the classes named are those the run would drop.
+    """
+    given, seed = options.get("class_order"), options.get("seed", 0)
+    shuffle = bool(options.get("shuffle_classes", False)) and is_int(seed)
+    order = class_order(available, given, shuffle, seed if is_int(seed) else 0)
+    if len(order) % per_task == 0:
+        return []
+    dropped = sorted(order[num_tasks * per_task :])
+    drawn = " (drawn from the seed)" if shuffle and given is None else ""
+    divisor = max(d for d in range(1, per_task + 1) if len(order) % d == 0)
+    kept = ",".join(map(str, order[: num_tasks * per_task]))
+    counted = (
+        f"the {len(order)} classes of benchmark.class_order"
+        if given is not None
+        else f"its {len(order)} classes"
+    )
+    return [
+        f"benchmark.num_tasks={num_tasks} x benchmark.classes_per_task={per_task} would drop class(es) "
+        f"{dropped} of {source}{drawn}: {counted} do not split into tasks of {per_task}. "
+        f"Use benchmark.classes_per_task={divisor} with benchmark.num_tasks={len(order) // divisor}, or "
+        f"list the classes to use (benchmark.class_order=[{kept}]) to leave the others out deliberately"
+    ]

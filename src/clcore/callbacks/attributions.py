@@ -126,13 +126,18 @@ class Attributions(CLCallback):
         import matplotlib.pyplot as plt
 
         task_folder = folder / f"task_{task_id + 1}"
-        images = torch.load(task_folder / "inputs.pt", weights_only=True)
-        labels = torch.load(task_folder / "labels.pt", weights_only=True)
+        from clcore.utils.safe_load import load_tensors_safely
+
+        images = load_tensors_safely(task_folder / "inputs.pt", "attribution inputs")
+        labels = load_tensors_safely(task_folder / "labels.pt", "attribution labels")
         after = [
             t for t in range(task_id + 1, last_trained + 2) if (task_folder / f"after_task_{t}.pt").exists()
         ]
         maps = torch.stack(
-            [torch.load(task_folder / f"after_task_{t}.pt", weights_only=True).sum(1) for t in after]
+            [
+                load_tensors_safely(task_folder / f"after_task_{t}.pt", "attribution maps").sum(1)
+                for t in after
+            ]
         )  # [R, N, H, W]
         scale = maps.abs().amax(dim=(0, 2, 3)).clamp_min(1e-12)  # one scale per image, shared by its rows
         n = images.shape[0]

@@ -15,20 +15,20 @@ on CPU, as a run that was never interrupted:
   before the next task's ``setup_task`` gives the new heads, dropout masks and any other global
   random draw exactly the values of the uninterrupted run; the data order needs nothing, each
   task's loader is seeded from the benchmark seed and the task id;
-- ``config_hash``: which configuration wrote it (``clcore.clrun.resume.config_hash``).
+- ``config_hash``: which configuration wrote it (``clcore.clrun.resume.config_hash``);
+- ``data_fingerprint``: which data it was trained on (``CLBenchmark.data_fingerprint``).
 
 Only tensors, numbers, strings, lists and dicts are stored, so ``torch.load(weights_only=True)``
-reads it, and a file that holds anything else (a pickle that would run code) is refused, unread.
+reads it, and a file that holds anything else (a pickle that would run code), or a path that is no
+regular file (a FIFO would hang the start-up), is refused unread (``clcore.utils.safe_load``).
 Whether a run continues from a checkpoint is the resume policy's decision (``clcore.clrun.resume``).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import random
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ import torch
 
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import torch_save_atomic
+from clcore.utils.safe_load import RefusedFileError, load_tensors_safely
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +113,18 @@ def save_checkpoint(
     config_digest: str,
     untrained=None,
     callbacks: list | tuple = (),
+    data_fingerprint: str | None = None,
 ) -> Path:
-    """Everything needed to continue after task ``task_id`` (0-based), written atomically."""
+    """Everything needed to continue after task ``task_id`` (0-based), written atomically.
+
+    ``data_fingerprint``: the benchmark's (``CLBenchmark.data_fingerprint``), checked on resume.
+    """
     path = checkpoint_path(output_dir, task_id)
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "task_id": task_id,
         "config_hash": config_digest,
+        "data_fingerprint": data_fingerprint,
         "state_dict": algorithm.state_dict(),
         "cl_state": algorithm.cl_state_dict(),
         "untrained_state_dict": untrained.state_dict() if untrained is not None else None,
@@ -143,18 +149,10 @@ def read_checkpoint(path: Path, lazy: bool = False) -> dict:
     """
     path = Path(path)
     try:
-        # mmap needs torch's zip format; anything else is read normally and refused below.
-        checkpoint = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=lazy and zipfile.is_zipfile(path)
-        )
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0]
-        raise CheckpointError(
-            f"checkpoint {path} holds Python objects beyond tensors and plain containers; loading it would "
-            f"execute code, so it was refused without running anything ({reason}). clcore never writes such "
-            f"files: delete it if you did not put it there, or start over with resume=false."
-        ) from error
-    except Exception as error:  # truncated, empty, not a torch file at all
+        checkpoint = load_tensors_safely(path, "checkpoint", lazy=lazy)
+    except RefusedFileError as error:  # a FIFO, a folder, pickled code: the message says which
+        raise CheckpointError(f"{error}; or start over with resume=false") from None
+    except Exception as error:  # missing, truncated, empty, not a torch file at all
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(error).__name__}: {error}); it is truncated or not a "
             f"checkpoint. Delete it to continue from the previous task's checkpoint, or start over with resume=false."
@@ -181,7 +179,11 @@ def read_checkpoint(path: Path, lazy: bool = False) -> dict:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The ``task_<t>.ckpt`` with the highest t, or None."""
+    """The ``task_<t>.ckpt`` with the highest t, or None; opens nothing.
+
+    Whatever the path is (a FIFO, a folder), ``read_checkpoint`` refuses it with a
+    ``CheckpointError`` that the resume plan reports like any other unusable checkpoint.
+    """
     folder = Path(output_dir) / "checkpoints"
     found = (
         [path for path in folder.glob("task_*.ckpt") if _TASK_CHECKPOINT.fullmatch(path.name)]

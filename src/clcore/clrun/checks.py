@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from hydra._internal.utils import _locate  # hydra.utils.get_class would also lo
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from clcore.algorithms.base import CLAlgorithm
 from clcore.backbones.base import CLBackbone
@@ -36,7 +38,10 @@ from clcore.benchmarks.base import CLBenchmark
 from clcore.benchmarks.errors import DataNotFoundError
 from clcore.benchmarks.sources import load_source
 from clcore.clrun import resume
+from clcore.clrun.build import construction_problems
 from clcore.config_rules import ConfigError, is_int, is_number, raise_if_problems
+from clcore.config_types import accepted_options as _accepted_options
+from clcore.config_types import option_type_problems, problems_with_types_first, run_option_problems
 from clcore.heads.base import CLHeads
 
 __all__ = ["ConfigError", "RunPlan", "preflight"]
@@ -75,8 +80,14 @@ def preflight(cfg: DictConfig) -> RunPlan:
     problems += benchmark_problems
     problems += _model_problems(plain, located)
     problems += _training_problems(plain)
-    resume_from, resume_problems = _resume_plan(cfg)
-    problems += resume_problems
+    problems += _trainer_problems(plain) + _monitor_problems(plain, located)
+    # Groups with a problem already (``<group>.<key>...``) are not constructed: one message per fault.
+    flawed = frozenset(
+        group
+        for group in ("optimizer", "lr_scheduler", "trainer")
+        if any(p.startswith(f"{group}.") for p in problems)
+    )
+    problems += construction_problems(cfg, skip=flawed)
     # Last, as they read the data set: missing files are named whatever else is wrong.
     data_problems = _data_file_problems(_options(plain, "benchmark"))
     problems += data_problems
@@ -84,6 +95,10 @@ def preflight(cfg: DictConfig) -> RunPlan:
     if located["benchmark"] is not None and not benchmark_problems and not data_problems:
         benchmark, build_problems = _loaded_benchmark(cfg.benchmark)
         problems += build_problems
+    # With the data loaded: a checkpoint written on other data is not continued from.
+    fingerprint = benchmark.data_fingerprint() if benchmark is not None else None
+    resume_from, resume_problems = _resume_plan(cfg, fingerprint)
+    problems += resume_problems
     raise_if_problems(problems)
     return RunPlan(benchmark=benchmark, resume_from=resume_from, config_hash=resume.config_hash(cfg))
 
@@ -142,12 +157,13 @@ def _options(plain: dict, group: str) -> dict:
 
 
 def _benchmark_problems(plain: dict, benchmark_class: Any) -> list[str]:
+    """The options' types (the constructor's annotations), then the benchmark's rules on them."""
     if not isinstance(benchmark_class, type):
         return []
     options = _options(plain, "benchmark")
-    return benchmark_class.config_problems(options) + _unknown_option_problems(
-        "benchmark", benchmark_class, options
-    )
+    return problems_with_types_first(
+        "benchmark", benchmark_class, options, benchmark_class.config_problems
+    ) + _unknown_option_problems("benchmark", benchmark_class, options)
 
 
 def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
@@ -157,13 +173,28 @@ def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
         for group in ("backbone", "paradigm", "algorithm")
     )
     run_tasks = _options(plain, "benchmark").get("num_tasks")
+    # Null in the config: the task loop fills these in from the benchmark (task_loop.build).
+    from_benchmark = ("input_dim", "in_channels", "num_tasks")
     problems = []
     if backbone is not None:
         options = _options(plain, "backbone")
-        problems += backbone.config_problems(options, num_tasks=run_tasks if is_int(run_tasks) else None)
+        given = {
+            key: value for key, value in options.items() if value is not None or key not in from_benchmark
+        }
+        problems += problems_with_types_first(
+            "backbone",
+            backbone,
+            given,
+            lambda kept: backbone.config_problems(kept, num_tasks=run_tasks if is_int(run_tasks) else None),
+        )
         problems += _unknown_option_problems("backbone", backbone, options)
     if heads is not None:
-        problems += _unknown_option_problems("paradigm", heads, _options(plain, "paradigm"))
+        options = _options(plain, "paradigm")
+        given = {
+            key: value for key, value in options.items() if value is not None or key not in from_benchmark
+        }
+        problems += option_type_problems("paradigm", heads, given)
+        problems += _unknown_option_problems("paradigm", heads, options)
     if algorithm is not None:
         options = _options(plain, "algorithm")
         paradigm = (heads.paradigm or None) if heads is not None else None
@@ -172,25 +203,16 @@ def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
             "num_tasks": run_tasks if is_int(run_tasks) else None,
             "lr_scheduler": plain.get("lr_scheduler"),
         }
-        problems += algorithm.config_problems(
-            {**options, **supplied}, paradigm=paradigm, backbone_type=backbone
+        problems += problems_with_types_first(
+            "algorithm",
+            algorithm,
+            options,
+            lambda kept: algorithm.config_problems(
+                {**kept, **supplied}, paradigm=paradigm, backbone_type=backbone
+            ),
         )
         problems += _unknown_option_problems("algorithm", algorithm, options)
     return problems
-
-
-def _accepted_options(cls: type) -> set[str] | None:
-    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up the MRO; None: any."""
-    accepted = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        parameters = list(inspect.signature(init).parameters.values())[1:]  # without self
-        accepted |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return accepted
-    return None
 
 
 def _unknown_option_problems(group: str, cls: type, options: dict) -> list[str]:
@@ -210,18 +232,31 @@ def _unknown_option_problems(group: str, cls: type, options: dict) -> list[str]:
 
 # ---- what belongs to no class: optimiser, trainer, seed ------------------------------------------
 def _training_problems(plain: dict) -> list[str]:
-    problems = []
-    optimizer = plain.get("optimizer") or {}
-    if "lr" in optimizer:
-        lr = optimizer["lr"]
-        if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
-            problems.append(
-                f"optimizer.lr={lr!r}: the learning rate must be a positive finite number (e.g. optimizer.lr=0.001)"
-            )
-    for key in ("weight_decay", "momentum"):
-        value = optimizer.get(key)
-        if value is not None and (not is_number(value) or not math.isfinite(value) or value < 0):
-            problems.append(f"optimizer.{key}={value!r}: must be a finite number >= 0")
+    """The optimiser's and scheduler's option types (torch annotates its classes) and ranges, the
+    trainer's bounds, and the top-level keys (``clcore.config_types.RunOptions``)."""
+
+    def optimizer_rules(optimizer: dict) -> list[str]:
+        found = []
+        if "lr" in optimizer:
+            lr = optimizer["lr"]
+            if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
+                found.append(
+                    f"optimizer.lr={lr!r}: the learning rate must be a positive finite number (e.g. optimizer.lr=0.001)"
+                )
+        for key in ("weight_decay", "momentum"):
+            value = optimizer.get(key)
+            if value is not None and (not is_number(value) or not math.isfinite(value) or value < 0):
+                found.append(f"optimizer.{key}={value!r}: must be a finite number >= 0")
+        return found
+
+    targets = {group: (plain.get(group) or {}).get("_target_") for group in ("optimizer", "lr_scheduler")}
+    located = {
+        group: _locatable(target) if isinstance(target, str) else None for group, target in targets.items()
+    }
+    problems = problems_with_types_first(
+        "optimizer", located["optimizer"], _options(plain, "optimizer"), optimizer_rules
+    )
+    problems += option_type_problems("lr_scheduler", located["lr_scheduler"], _options(plain, "lr_scheduler"))
     trainer = plain.get("trainer") or {}
     max_epochs, max_steps = trainer.get("max_epochs"), trainer.get("max_steps", -1)
     bounded_by_steps = is_int(max_steps) and max_steps >= 1
@@ -236,20 +271,103 @@ def _training_problems(plain: dict) -> list[str]:
         problems.append(
             f"trainer.limit_train_batches={limit!r}: would train on nothing; use a fraction in (0, 1], a count >= 1, or null"
         )
-    for switch in ("plots", "save_checkpoints"):
-        if switch in plain and not isinstance(plain[switch], bool):
-            problems.append(f"{switch}={plain[switch]!r}: must be true or false")
-    seed = plain.get("seed")
-    if not is_int(seed) or not 0 <= seed < 2**32:
+    return problems + run_option_problems(plain)
+
+
+def _trainer_problems(plain: dict) -> list[str]:
+    """Lightning ``Trainer`` options: names it takes, and the bounds it checks only once training
+    has started (or never: ``accumulate_grad_batches=0``, more CPU processes than cores)."""
+    trainer = {
+        key: value for key, value in (plain.get("trainer") or {}).items() if not str(key).startswith("_")
+    }
+    from lightning import Trainer
+
+    problems = _unknown_option_problems("trainer", Trainer, trainer)
+    for key, least in (
+        ("accumulate_grad_batches", 1),
+        ("log_every_n_steps", 1),
+        ("check_val_every_n_epoch", 1),
+        ("min_epochs", 0),
+        ("num_sanity_val_steps", -1),
+    ):
+        value = trainer.get(key)
+        if value is not None and not (is_int(value) and value >= least):
+            problems.append(f"trainer.{key}={value!r}: must be an integer >= {least}")
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and not (is_number(clip) and math.isfinite(clip) and clip >= 0):
         problems.append(
-            f"seed={seed!r}: must be an integer in [0, 2**32) (outside it Lightning silently draws a random seed)"
+            f"trainer.gradient_clip_val={clip!r}: must be a finite number >= 0, or null for no clipping"
+        )
+    devices, accelerator = trainer.get("devices"), str(trainer.get("accelerator", "auto")).lower()
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _gpu_available())
+    cores = os.cpu_count() or 1
+    if on_cpu and is_int(devices) and devices > cores:
+        problems.append(
+            f"trainer.devices={devices}: on CPU each device is a process of its own and this machine has "
+            f"{cores} core(s); use trainer.devices={cores} or fewer"
         )
     return problems
 
 
-def _resume_plan(cfg: DictConfig) -> tuple[Path | None, list[str]]:
+def _gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+
+
+def _monitor_problems(plain: dict, located: dict[str, Any]) -> list[str]:
+    """Every metric a scheduler or callback monitors must be one the algorithm logs, under the
+    same name in every task (``CLAlgorithm.MONITORABLE_METRICS``), and validation metrics need a
+    validation split: otherwise Lightning fails when the first epoch ends, or never stops early."""
+    algorithm = located["algorithm"] if isinstance(located["algorithm"], type) else None
+    if algorithm is None or not issubclass(algorithm, CLAlgorithm):
+        return []
+    benchmark = located["benchmark"] if isinstance(located["benchmark"], type) else None
+    options = _options(plain, "benchmark")
+    val_fraction = options.get("val_fraction", _default_of(benchmark, "val_fraction"))
+    monitors = []  # (where, metric name)
+    scheduler = plain.get("lr_scheduler") or {}
+    scheduler_class = (
+        _locatable(scheduler["_target_"]) if isinstance(scheduler.get("_target_"), str) else None
+    )
+    if isinstance(scheduler_class, type) and issubclass(scheduler_class, ReduceLROnPlateau):
+        name = _options(plain, "algorithm").get(
+            "lr_scheduler_monitor", _default_of(algorithm, "lr_scheduler_monitor")
+        )
+        monitors.append(("algorithm.lr_scheduler_monitor (for the plateau scheduler)", name))
+    for key, callback in (plain.get("callbacks") or {}).items():
+        if isinstance(callback, dict) and callback.get("monitor") is not None:
+            monitors.append((f"callbacks.{key}.monitor", callback["monitor"]))
+    problems = []
+    for where, name in monitors:
+        if name not in algorithm.MONITORABLE_METRICS:
+            problems.append(
+                f"{where}={name!r} is never logged by {algorithm.__name__}: monitor one of "
+                f"{', '.join(algorithm.MONITORABLE_METRICS)}"
+            )
+        elif str(name).startswith("val/") and is_number(val_fraction) and val_fraction == 0:
+            problems.append(
+                f"{where}={name!r} needs validation data, but benchmark.val_fraction=0 holds none out: "
+                f"set benchmark.val_fraction (e.g. 0.1), or monitor another metric"
+            )
+    return problems
+
+
+def _default_of(cls: type | None, parameter: str) -> Any:
+    """The constructor default of ``parameter`` (None when absent or without one)."""
+    if cls is None:
+        return None
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and parameter in inspect.signature(init).parameters:
+            default = inspect.signature(init).parameters[parameter].default
+            return None if default is inspect.Parameter.empty else default
+    return None
+
+
+def _resume_plan(cfg: DictConfig, data_fingerprint: str | None) -> tuple[Path | None, list[str]]:
     try:
-        return resume.resume_plan(cfg)
+        return resume.resume_plan(cfg, data_fingerprint)
     except Exception as error:  # e.g. an unreadable output folder
         return None, [f"cannot check the output folder for a run to resume: {error}"]
 

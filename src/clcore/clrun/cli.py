@@ -40,17 +40,42 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME)
 def hydra_app(cfg: DictConfig) -> float | None:
-    """One run (one job of a sweep): ``run_sequence`` on Hydra's composed ``cfg``."""
+    """One run (one job of a sweep): ``run_sequence`` on Hydra's composed ``cfg``.
+
+    A refused config leaves the output folder as it was (``hydra_files.remove_fresh_traces``); a
+    stop signal (SIGTERM from a scheduler) ends it as ``StoppedBySignal``, a failure that says how
+    to continue (``clcore.clrun.signals``).
+    """
     # Imported here so that `clrun --help` and config errors answer before torch/lightning load.
+    from clcore.clrun import signals
+    from clcore.clrun.hydra_files import remove_fresh_traces
     from clcore.clrun.task_loop import run_sequence
     from clcore.config_rules import ConfigError
 
+    signals.raise_if_stop_requested()
     try:
-        results = run_sequence(cfg)
+        with signals.stop_on_signals():
+            results = run_sequence(cfg)
     except ConfigError as error:
+        remove_fresh_traces()
         raise RefusedConfig(str(error)) from error
+    except signals.Signalled as signalled:
+        raise signals.StoppedBySignal(_stopped_message(cfg, signalled)) from None
     # The return value is what Hydra sweepers (Optuna) optimise: the final average accuracy.
     return results.summary()["average_accuracy"]
+
+
+def _stopped_message(cfg: DictConfig, signalled) -> str:
+    from clcore.clrun.checkpoint import latest_checkpoint
+    from clcore.clrun.signals import stopped_message
+
+    output_dir = Path(cfg.paths.output_dir)
+    latest = latest_checkpoint(output_dir)
+    tasks_saved = int(latest.stem.split("_")[1]) if latest is not None else 0
+    num_tasks = cfg.get("benchmark", {}).get("num_tasks")
+    return stopped_message(
+        signalled, output_dir, tasks_saved, num_tasks if isinstance(num_tasks, int) else None
+    )
 
 
 def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:

@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.clrun.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
+from clcore.config_rules import raise_if_problems
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,12 @@ def resume_mode(cfg: DictConfig) -> str:
     return str(value).lower()
 
 
-def resume_plan(cfg: DictConfig) -> tuple[Path | None, list[str]]:
-    """The checkpoint this run continues from (None: start fresh), and every problem that forbids it."""
+def resume_plan(cfg: DictConfig, data_fingerprint: str | None = None) -> tuple[Path | None, list[str]]:
+    """The checkpoint this run continues from (None: start fresh), and every problem that forbids it.
+
+    ``data_fingerprint``: the loaded benchmark's (``CLBenchmark.data_fingerprint``); a checkpoint
+    written on other data is refused, since continuing would mix two data sets in one matrix.
+    """
     mode = resume_mode(cfg)
     if mode not in RESUME_MODES:
         return None, [f"resume={cfg.get('resume')!r} is not one of auto, true, false"]
@@ -127,9 +132,23 @@ def resume_plan(cfg: DictConfig) -> tuple[Path | None, list[str]]:
                     f"checkpoint {latest} was written by a different configuration (config hash differs); "
                     f"use a new hydra.run.dir, or resume=false to start over in {output_dir}"
                 )
+            saved_data = checkpoint.get("data_fingerprint")
+            if data_fingerprint is not None and saved_data is not None and saved_data != data_fingerprint:
+                problems.append(
+                    f"the data changed since {latest} was written (data fingerprint {saved_data} then, "
+                    f"{data_fingerprint} now): continuing would mix two data sets in one accuracy matrix. "
+                    f"Put the original data back under benchmark.root, or start over with resume=false"
+                )
         except CheckpointError as error:
             problems.append(str(error))
     return (None if problems else latest), problems
+
+
+def checked_resume_plan(cfg: DictConfig, data_fingerprint: str | None = None) -> Path | None:
+    """``resume_plan``, raising its problems as one ``ConfigError``."""
+    resume_from, problems = resume_plan(cfg, data_fingerprint)
+    raise_if_problems(problems)
+    return resume_from
 
 
 def clear_previous_run(output_dir: Path) -> None:

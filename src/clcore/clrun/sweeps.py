@@ -27,10 +27,8 @@ import io
 import json
 import logging
 import math
-import os
 import statistics
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.clrun.cli import RefusedConfig
+from clcore.clrun.signals import StoppedBySignal
+from clcore.utils.atomic import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +48,31 @@ log = logging.getLogger(__name__)
 METRICS = ("average_accuracy", "bwt", "average_forgetting", "fwt")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Several jobs (joblib workers) may rewrite the aggregate at once: never leave half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def record_outcome(config: DictConfig, job_return: JobReturn) -> None:
     """``results/FAILED`` with the traceback if the job raised; removed when it succeeded.
 
-    A single run whose configuration was refused leaves its folder as it was (the folder may hold
-    another, finished experiment); its problems are on the screen. In a sweep the marker is written.
+    A run whose configuration was refused leaves its folder as it was (the folder may hold
+    another, finished experiment): its problems are on the screen. So does a refused job of a
+    sweep in a folder holding a run; in a new job folder it gets the marker (with the problems) and
+    its ``.hydra/overrides.yaml``, so that the aggregate lists it as failed. A run stopped by a signal gets
+    the marker with the one line that says how to continue (``clcore.clrun.signals``).
     """
     marker = Path(config.hydra.runtime.output_dir) / "results" / "FAILED"
     if job_return.status == JobStatus.FAILED:
         error = job_return._return_value  # the exception (``.return_value`` would re-raise it)
-        if isinstance(error, RefusedConfig) and config.hydra.mode == RunMode.RUN:
-            return
-        _write_atomic(marker, "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        if isinstance(error, RefusedConfig):
+            job_dir = marker.parent.parent
+            if config.hydra.mode == RunMode.RUN or (job_dir / "config.yaml").exists():
+                return  # nothing ran and nothing was touched (a finished run there stays finished)
+            # A new job folder of a sweep: the aggregate lists the job, refused, with its overrides.
+            write_text_atomic(
+                job_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(config.hydra.overrides.task)
+            )
+        if isinstance(error, (StoppedBySignal, RefusedConfig)):
+            text = f"{error}\n"  # what happened and what to do: no traceback to read through
+        else:
+            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        write_text_atomic(marker, text)
     else:
         marker.unlink(missing_ok=True)
 
@@ -120,8 +124,8 @@ class SweepAggregate(Callback):
 
     def write(self, sweep_dir: Path) -> dict:
         aggregate = aggregate_sweep(sweep_dir, self.ignore)
-        _write_atomic(sweep_dir / "aggregate.json", json.dumps(aggregate, indent=2) + "\n")
-        _write_atomic(sweep_dir / "aggregate.csv", aggregate_csv(aggregate))
+        write_text_atomic(sweep_dir / "aggregate.json", json.dumps(aggregate, indent=2) + "\n")
+        write_text_atomic(sweep_dir / "aggregate.csv", aggregate_csv(aggregate))
         if self.plot and any(c["completed"] for c in aggregate["configurations"]):
             plot_aggregate(aggregate, sweep_dir / "aggregate.png")
         return aggregate

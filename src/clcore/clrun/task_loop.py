@@ -17,50 +17,23 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 
-from hydra.utils import instantiate
 from lightning import Trainer, seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.algorithms.base import CLAlgorithm
-from clcore.benchmarks.base import CLBenchmark
 from clcore.clrun import checkpoint, resume
+from clcore.clrun.build import build_run
 from clcore.clrun.checks import preflight
-from clcore.clrun.instantiate import instantiate_group, instantiate_with_defaults
-from clcore.lightning_speed import default_profiler, entry_points_looked_up_once, use_cached_cuda_check
+from clcore.clrun.hydra_files import write_hydra_record
+from clcore.clrun.lock import output_folder_lock
+from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
 from clcore.metrics.results import ContinualResults
-from clcore.utils.atomic import write_json_atomic, write_text_atomic
+from clcore.utils.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
-
-
-def build(cfg: DictConfig, benchmark: CLBenchmark | None = None) -> tuple[CLBenchmark, CLAlgorithm]:
-    """Benchmark and algorithm from the config; the model's input size and task count follow the benchmark.
-
-    ``benchmark``: the loaded one of the pre-flight check (``RunPlan.benchmark``), used as it is;
-    without it the benchmark is built and loaded here first, so a missing file fails fast.
-    """
-    if benchmark is None:
-        benchmark = instantiate(cfg.benchmark)
-        benchmark.load()
-    channels, height, width = benchmark.image_shape
-    backbone = instantiate_with_defaults(
-        cfg.backbone,
-        input_dim=channels * height * width,
-        in_channels=channels,
-        num_tasks=benchmark.num_tasks,
-    )
-    heads = instantiate(cfg.paradigm, input_dim=backbone.output_dim)
-    algorithm = instantiate(
-        cfg.algorithm,
-        backbone=backbone,
-        heads=heads,
-        optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        num_tasks=benchmark.num_tasks,
-    )
-    return benchmark, algorithm
 
 
 def write_results(results: ContinualResults, output_dir: Path) -> None:
@@ -102,42 +75,48 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
 
     ``extra_callbacks`` are added to the configured ones (for programmatic use: notebooks,
     benchmarks, tests that need the callback object afterwards).
+
+    Nothing in the output folder is touched until the run is known to start: the pre-flight check
+    judges the config and loads the data, ``build_run`` constructs every object (model, callbacks,
+    loggers, a Trainer), and only then the folder is locked against a second run, stale files of a
+    killed writer are removed, and a fresh start replaces the previous run's results.
     """
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Lightning 2.6 builds torch's LeafSpec, which torch 2.14 deprecates: one line in every run's
+    # output that the user can do nothing about.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     use_cached_cuda_check()
-    plan = preflight(cfg)  # before anything is written: a refused run leaves the folder as it was
+    plan = preflight(cfg)
     output_dir = Path(cfg.paths.output_dir)
     seed_everything(cfg.seed, workers=True, verbose=False)
-    benchmark, algorithm = build(cfg, plan.benchmark)
+    benchmark = plan.benchmark
+    run = build_run(cfg, benchmark, str(output_dir), extra_callbacks)
+    algorithm, callbacks = run.algorithm, run.callbacks
     untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
-    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
-    results = ContinualResults(benchmark.num_tasks)
-    if plan.resume_from is not None:
-        # Also restores the RNG states saved after that task: the next task starts as it would have.
-        saved = checkpoint.read_checkpoint(plan.resume_from)
-        results = checkpoint.restore(saved, algorithm, untrained, callbacks)
-        log.info("resuming from %s: tasks 1-%d done", plan.resume_from, results.tasks_done)
-    else:
-        resume.clear_previous_run(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    fingerprint = benchmark.data_fingerprint()
+    with output_folder_lock(output_dir):
+        # Decided again under the lock: a run that held the folder may have finished meanwhile.
+        resume_from = resume.checked_resume_plan(cfg, fingerprint)
+        results = ContinualResults(benchmark.num_tasks)
+        if resume_from is not None:
+            # Also restores the RNG states saved after that task: the next task starts as it would have.
+            saved = checkpoint.read_checkpoint(resume_from)
+            results = checkpoint.restore(saved, algorithm, untrained, callbacks)
+            log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+        else:
+            resume.clear_previous_run(output_dir)
+        for folder in (output_dir, output_dir / "results", output_dir / "checkpoints"):
+            remove_stale_temporaries(folder)
+        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_hydra_record(cfg, output_dir)
+        _run_tasks(cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir)
+    return results
 
-    loggers = instantiate_group(cfg.get("logger"))
 
-    # The config is resolved into a Trainer factory once; each task then only constructs a Trainer.
-    new_trainer = instantiate(
-        cfg.trainer,
-        _partial_=True,
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(output_dir),
-        # Lightning's default pass-through profiler still costs a context manager per hook call
-        **(default_profiler() if cfg.trainer.get("profiler") is None else {}),
-        # without a validation split there is nothing to validate (and no empty-loader warning)
-        **({"limit_val_batches": 0} if benchmark.val_fraction == 0 else {}),
-    )
-
+def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerprint, output_dir) -> None:
+    """The loop itself: from the first unfinished task to the last, then the end-of-run callbacks."""
+    algorithm, callbacks = run.algorithm, run.callbacks
     # One Trainer per task; the installed packages' entry points are read for the first only.
     with entry_points_looked_up_once():
         trainer = None
@@ -145,7 +124,7 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             started = time.perf_counter()
             benchmark.setup_task(task_id)
             algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
-            trainer = new_trainer()
+            trainer = run.first_trainer if trainer is None else run.new_trainer()
             if untrained is not None and task_id > 0:
                 _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
             trainer.fit(algorithm, datamodule=benchmark)
@@ -161,15 +140,14 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             # Last, so the saved RNG state is the one the next task starts from.
             if trainer.is_global_zero and cfg.save_checkpoints:
                 checkpoint.save_checkpoint(
-                    output_dir, task_id, algorithm, results, plan.config_hash, untrained, callbacks
+                    output_dir, task_id, algorithm, results, config_digest, untrained, callbacks, fingerprint
                 )
             log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
         if (
             trainer is None
         ):  # resumed after the last task: nothing to train, the end-of-run callbacks still run
-            trainer = new_trainer()
+            trainer = run.first_trainer
         _call(callbacks, "on_sequence_end", trainer, algorithm, results)
-    return results
 
 
 def _row_text(results: ContinualResults, task_id: int) -> str:

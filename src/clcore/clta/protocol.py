@@ -38,6 +38,7 @@ from clcore.clta.selection import select_addition_alpha, select_negation_alpha
 from clcore.clta.task_data import TaskData, few_shot_indices
 from clcore.task_arithmetic import ATLASModel, LinearTaskVector, TaskVector, fit_atlas, merge
 from clcore.utils.atomic import torch_save_atomic, write_json_atomic, write_text_atomic
+from clcore.utils.safe_load import load_tensors_safely
 
 RESULTS_JSON = "results/task_arithmetic.json"
 RESULTS_TABLE = "results/table.md"
@@ -126,7 +127,7 @@ def _task_vectors(cfg, pretrained_encoder, tasks, heads, device, vector_dir: Pat
             task_identity = (task.name, task.description, task.classnames, task.templates)
             fingerprint = _fingerprint(model_cfg, task_identity, mode, recipe)
             path = vector_dir / mode / f"{task.name}.pt"
-            saved = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+            saved = load_tensors_safely(path, "task vector cache") if path.exists() else None
             if cfg.reuse_task_vectors and saved is not None and saved.get("fingerprint") == fingerprint:
                 vectors[mode][task.name] = _vector_from_saved(saved)
                 records[mode][task.name] = {

@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from clcore.task_arithmetic.linearize import LinearizedModel
+from clcore.utils.atomic import torch_save_atomic
+from clcore.utils.safe_load import load_tensors_safely
 
 TV = TypeVar("TV", bound="TaskVector")
 
@@ -181,12 +183,14 @@ class TaskVector:
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        torch.save({"kind": self.kind, "vector": {name: t.cpu() for name, t in self.vector.items()}}, path)
+        torch_save_atomic(
+            path, {"kind": self.kind, "vector": {name: t.cpu() for name, t in self.vector.items()}}
+        )
 
     @staticmethod
     def load(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> TaskVector:
         """Load a vector saved with ``save``; returns the kind it was saved as."""
-        saved = torch.load(path, map_location=map_location, weights_only=True)
+        saved = load_tensors_safely(path, "task vector", map_location=map_location)
         kinds = {cls.kind: cls for cls in (TaskVector, LinearTaskVector)}
         if not isinstance(saved, dict) or saved.get("kind") not in kinds:
             raise ValueError(f"{path} is not a saved task vector (expected keys 'kind' and 'vector')")

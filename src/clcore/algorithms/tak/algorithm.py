@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from clcore.algorithms.base import CLAlgorithm
+from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
 from clcore.algorithms.tak.alpha_sweep import SweepPoint
 from clcore.algorithms.tak.clip_kfac_ready import make_kfac_ready
 from clcore.algorithms.tak.evaluation import task_accuracy
@@ -80,6 +80,7 @@ from clcore.heads.base import CLHeads
 from clcore.heads.dil import HeadDIL
 from clcore.task_arithmetic.merging import MERGE_METHODS
 from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
+from clcore.utils.safe_load import load_tensors_safely
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,9 @@ class TAK(CLAlgorithm):
         self,
         backbone: CLBackbone,
         heads: CLHeads,
-        optimizer,
+        optimizer: OptimizerFactory,
         num_tasks: int,
-        lr_scheduler=None,
+        lr_scheduler: SchedulerFactory | None = None,
         lr_scheduler_monitor: str = "val/loss",
         *,
         ft_linears: bool = True,
@@ -145,7 +146,7 @@ class TAK(CLAlgorithm):
         self.automatic_optimization = False  # virtual batches: the penalty joins once per optimiser step
         self.sweep_alphas = sweep_values(alpha_sweep_start, alpha_sweep_end, alpha_sweep_step)
         if pretrained_backbone is not None:
-            backbone.load_state_dict(torch.load(pretrained_backbone, map_location="cpu", weights_only=True))
+            backbone.load_state_dict(load_tensors_safely(pretrained_backbone, "pretrained backbone"))
         if isinstance(backbone, CLIPVisualBackbone):
             make_kfac_ready(backbone)  # qkv and output projection as nn.Linear: KFAC-hookable, jvp-able
         backbone.requires_grad_(False).eval()  # theta_0 never changes; no dropout / batch statistics
@@ -258,13 +259,27 @@ class TAK(CLAlgorithm):
                 f"algorithm.train_percent={train_percent!r}: must be a fraction of the training set in (0, 1] "
                 "(a float, 1.0 = all) or a number of examples >= 1 (an integer)"
             )
+        fisher_seed = given["fisher_seed"]
+        if not (is_int(fisher_seed) and 0 <= fisher_seed < 2**32):
+            problems.append(
+                f"algorithm.fisher_seed={fisher_seed!r}: must be an integer in [0, 2**32) (as seed)"
+            )
         samples = given["fisher_num_samples_expectation"]
         if not (is_int(samples) and samples >= 0):
             problems.append(
                 f"algorithm.fisher_num_samples_expectation={samples!r}: must be an integer >= 0 "
                 "(Monte Carlo projections per example; 0 = exact)"
             )
-        if given["fp_precision"] not in PRECISIONS:
+        # How the update is parametrised, and the penalty's per-kind multipliers (Sec. 4).
+        for key in ("lora_rank", "lora_rank_attention"):
+            if not (is_int(given[key]) and given[key] >= 1):
+                problems.append(f"algorithm.{key}={given[key]!r}: a LoRA rank must be an integer >= 1")
+        for key in ("fisher_ft_proj_scaler", "fisher_norm_scaler"):
+            if not (is_number(given[key]) and math.isfinite(given[key]) and given[key] >= 0):
+                problems.append(
+                    f"algorithm.{key}={given[key]!r}: must be a finite number >= 0 (0: not penalised)"
+                )
+        if not (isinstance(given["fp_precision"], str) and given["fp_precision"] in PRECISIONS):
             problems.append(
                 f"algorithm.fp_precision={given['fp_precision']!r}: must be one of {', '.join(PRECISIONS)}"
             )
@@ -275,6 +290,16 @@ class TAK(CLAlgorithm):
             problems.append(
                 f"algorithm.virtual_bs_n={virtual_bs_n!r}: must be an integer >= 1 (batches per optimiser step)"
             )
+        warmup_steps = given["warmup_steps"]
+        if not (is_int(warmup_steps) and warmup_steps >= 0):
+            problems.append(
+                f"algorithm.warmup_steps={warmup_steps!r}: must be an integer >= 0 (optimiser steps of linear warm-up)"
+            )
+        clip = given["clip_grad_norm"]
+        if clip is not None and not (is_number(clip) and math.isfinite(clip) and clip >= 0):
+            problems.append(
+                f"algorithm.clip_grad_norm={clip!r}: must be a finite number >= 0, or null (null / 0: no clipping)"
+            )
         if given["scheduler"] not in SCHEDULES:
             problems.append(
                 f"algorithm.scheduler={given['scheduler']!r}: must be one of {', '.join(SCHEDULES)}"
@@ -282,7 +307,7 @@ class TAK(CLAlgorithm):
 
         # Merging after each task and the final alpha sweep (``clcore.algorithms.tak.merging``).
         merging = given["merging"]
-        if merging not in MERGE_METHODS:
+        if not (isinstance(merging, str) and merging in MERGE_METHODS):
             problems.append(
                 f"algorithm.merging={merging!r} is not a merge method: choose one of {', '.join(sorted(MERGE_METHODS))}"
             )
@@ -542,7 +567,7 @@ class TAK(CLAlgorithm):
     def _load_saved_task_vector(self, task: int) -> dict[str, Tensor] | None:
         """Task ``task``'s vector from ``load_path`` (its heads too), or None: no file, the task trains."""
         path = task_vector_file(self.load_path, task)
-        if not path.is_file():
+        if not path.exists():  # anything else there (a FIFO, a folder) is refused by read_task_vector
             log.warning(
                 "TAK load_task_vectors: no task vector for task %d at %s; training it", task + 1, path
             )

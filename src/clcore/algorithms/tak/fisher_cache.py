@@ -4,7 +4,8 @@ TAK (Porrello et al., ICLR 2026) trains task t against the other tasks' curvatur
 touching their data; the factors are what stands in for that data, so they are cached. One file
 per key (data set, task, model, fraction, samples, ...), named by a hash of the key. The file
 holds the key itself and the factors as tensors, strings and ints only, so it is read back with
-``torch.load(weights_only=True)``: no pickled code runs. A file that cannot be read, or that holds
+``torch.load(weights_only=True)`` (``load_tensors_safely``): no pickled code runs, and a FIFO or
+folder planted under the file's name is refused unopened. A file that cannot be read, or that holds
 another key, raises ``ValueError`` naming the file (delete it to recompute) rather than being
 silently recomputed: a stale cache would otherwise change results without anyone noticing.
 """
@@ -14,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from clcore.algorithms.tak.kfac import KFACFactors
+from clcore.utils.atomic import torch_save_atomic
+from clcore.utils.safe_load import RefusedFileError, load_tensors_safely
 
 CACHE_FORMAT = "clcore.kfac_factors/1"
 REMOTE_PREFIXES = ("http://", "https://", "hf://")
@@ -73,8 +73,10 @@ def canonical_key(key: Mapping[str, Any]) -> str:
 
 def _load(path: Path, expected_key: str) -> KFACFactors:
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, foreign pickle, not a torch file: all mean "unreadable"
+        content = load_tensors_safely(path, "KFAC cache file")
+    except RefusedFileError:  # a FIFO, a folder, pickled code: a ValueError with clcore's message
+        raise
+    except Exception as exc:  # truncated file, not a torch file: both mean "unreadable"
         raise ValueError(f"KFAC cache file {path} cannot be read ({exc}); delete it to recompute") from exc
     if not isinstance(content, dict) or content.get("format") != CACHE_FORMAT:
         raise ValueError(f"KFAC cache file {path} is not a {CACHE_FORMAT} file; delete it to recompute")
@@ -93,16 +95,8 @@ def _load(path: Path, expected_key: str) -> KFACFactors:
 
 def _save_atomically(path: Path, key: str, factors: KFACFactors) -> None:
     # Write then rename: a run killed mid-save leaves no truncated file under the final name.
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = {"format": CACHE_FORMAT, "key": key, "factors": factors.to(device="cpu").state_dict()}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(content, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    torch_save_atomic(path, content)
 
 
 def _checked(factors: Any) -> KFACFactors:

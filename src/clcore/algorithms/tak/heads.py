@@ -25,6 +25,7 @@ from clcore.heads.cil import HeadsCIL
 from clcore.heads.dil import HeadDIL
 from clcore.heads.til import HeadsTIL
 from clcore.heads.zero_shot_head import build_zero_shot_weights
+from clcore.utils.safe_load import load_tensors_safely
 
 
 def task_head(heads: CLHeads, task_id: int) -> nn.Linear:
@@ -104,11 +105,11 @@ class SavedClassifier:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(
                 f"saved classifier {path} not found (the CPU study writes it: python experiments/tak_small/pretrain.py)"
             )
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_tensors_safely(path, "saved classifier")
         if not isinstance(saved, dict) or not {"weight", "bias", "class_names"} <= set(saved):
             raise ValueError(f"{path} is not a saved classifier with weight, bias and class_names")
         self.rows = {name: index for index, name in enumerate(saved["class_names"])}

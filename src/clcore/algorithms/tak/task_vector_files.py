@@ -6,7 +6,7 @@ start a later run from them (its ``--resume`` / ``--load_path``). A file holds t
 keys ``clcore.task_arithmetic.TaskVector.load`` reads (``kind``: ``linear`` for tangent-space
 vectors, ``standard`` otherwise; ``vector``: parameter name -> tensor), the 1-based task number,
 and the heads' state after that task (trainable heads are part of what the task learnt).
-Tensors, strings and ints only: it loads with ``weights_only=True``.
+Tensors, strings and ints only: it loads with ``weights_only=True`` (``load_tensors_safely``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
+
+from clcore.utils.safe_load import load_tensors_safely
 
 
 def task_vector_file(folder: str | Path, task: int) -> Path:
@@ -44,8 +45,10 @@ def task_vector_content(
 
 def read_task_vector(path: Path, tangent: bool, parameter_names: Iterable[str]) -> dict:
     """The content of ``path``, refused unless it is a vector of this kind over exactly these parameters."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_tensors_safely(path, "task vector file")
     expected_kind = vector_kind(tangent)
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a task vector file")
     if saved.get("kind") != expected_kind or set(saved.get("vector", {})) != set(parameter_names):
         raise ValueError(
             f"{path} holds a {saved.get('kind')} task vector over other parameters than this run's "
