@@ -348,3 +348,70 @@ def test_only_display_keys_may_change_between_a_run_and_its_continuation(make_co
     other_run = make_config("benchmark.num_tasks=2", "optimizer.lr=0.01", quiet=False)
     checkpoint, problems = resume.resume_plan(other_run)
     assert checkpoint is None and "optimizer.lr: 0.001 in the folder, 0.01 now" in problems[0]
+
+
+# ---- what a resume must not mix or leave behind ----------------------------------------------------
+SPLIT_TINY = [
+    "benchmark=split_digits",
+    "benchmark.source=tiny6",
+    "trainer.max_epochs=1",
+    "backbone.hidden_dims=[16]",
+]
+
+
+def test_a_checkpoint_written_on_other_data_is_not_resumed_from(tiny_source, make_config):
+    """Data replaced between a crash and the re-run: refused, naming both fingerprints, folder kept."""
+    from clcore.benchmarks.sources import _load
+    from clcore.config_rules import ConfigError
+
+    cfg = make_config(*SPLIT_TINY, "benchmark.num_tasks=3")
+    with pytest.raises(RuntimeError, match="simulated crash in task 2"):
+        run_sequence(cfg, extra_callbacks=[FailInTask(task=2, batch=0)])
+    folder = Path(cfg.paths.output_dir)
+    kept = {p.name: p.read_bytes() for p in (folder / "checkpoints").iterdir()}
+
+    tiny_source.load.per_class += 1  # the "same" data set, now with one more image per class
+    _load.cache_clear()
+    with pytest.raises(ConfigError, match=r"the data changed since .*task_1\.ckpt was written") as refused:
+        run_sequence(cfg)
+    assert "resume=false" in str(refused.value)
+    assert {p.name: p.read_bytes() for p in (folder / "checkpoints").iterdir()} == kept
+
+    tiny_source.load.per_class -= 1  # the original data back: the run continues
+    _load.cache_clear()
+    assert run_sequence(cfg).tasks_done == 3
+
+
+def test_temporaries_of_a_killed_writer_are_removed_when_the_folder_is_next_used(make_config):
+    cfg = make_config("benchmark.num_tasks=1")
+    folder = Path(cfg.paths.output_dir)
+    left = [
+        folder / "checkpoints" / f".task_1.ckpt.{'a' * 16}.tmp",
+        folder / "results" / f".summary.json.{'b' * 16}.tmp",
+    ]
+    mine = folder / "results" / "notes.tmp"  # not a name clcore's writers use: kept
+    for path in [*left, mine]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    run_sequence(cfg)
+    assert [path.exists() for path in left] == [False, False]
+    assert mine.read_bytes() == b"half a file"
+
+
+def test_a_run_whose_trainer_cannot_be_built_deletes_nothing_even_with_resume_false(make_config):
+    """``resume=false`` replaces the previous run, but only once the new run is known to start."""
+    from clcore.config_rules import ConfigError
+
+    cfg = make_config("benchmark.num_tasks=2")
+    run_sequence(cfg)
+    folder = Path(cfg.paths.output_dir)
+    before = {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    again = make_config(
+        "benchmark.num_tasks=2", "resume=false", "trainer.accelerator=gpu", "+optimizer.betas=[0.5,2.0]"
+    )
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: accelerator=gpu is not a fault here")
+    with pytest.raises(ConfigError) as refused:
+        run_sequence(again)
+    assert "No supported gpu backend" in str(refused.value) and "beta parameter" in str(refused.value)
+    assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before

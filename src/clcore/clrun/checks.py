@@ -283,6 +283,15 @@ def _trainer_problems(plain: dict) -> list[str]:
     from lightning import Trainer
 
     problems = _unknown_option_problems("trainer", Trainer, trainer)
+    # Types from Trainer's own annotations (precision's choices, booleans, ...); the bounds below
+    # only look at keys whose type is right.
+    typed = option_type_problems("trainer", Trainer, trainer)
+    problems += typed
+    trainer = {
+        key: value
+        for key, value in trainer.items()
+        if not any(p.startswith(f"trainer.{key}=") for p in typed)
+    }
     for key, least in (
         ("accumulate_grad_batches", 1),
         ("log_every_n_steps", 1),

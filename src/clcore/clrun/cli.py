@@ -25,6 +25,11 @@ class RefusedConfig(CompactHydraException):
     """
 
 
+class RunStopped(CompactHydraException):
+    """The run stopped on a condition its message fully explains (a full disk: which path, what to
+    do); Hydra prints the message alone, ``results/FAILED`` holds it."""
+
+
 def main() -> None:
     """The ``clrun`` command: Hydra's app (``hydra_app``), then, when it succeeded, an exit
     without Python's teardown (``clcore.utils.fast_exit``: 1.3-1.7 s of a short run).
@@ -51,6 +56,7 @@ def hydra_app(cfg: DictConfig) -> float | None:
     from clcore.clrun.hydra_files import remove_fresh_traces
     from clcore.clrun.task_loop import run_sequence
     from clcore.config_rules import ConfigError
+    from clcore.utils.atomic import DiskFullError
 
     signals.raise_if_stop_requested()
     try:
@@ -61,6 +67,8 @@ def hydra_app(cfg: DictConfig) -> float | None:
         raise RefusedConfig(str(error)) from error
     except signals.Signalled as signalled:
         raise signals.StoppedBySignal(_stopped_message(cfg, signalled)) from None
+    except DiskFullError as error:
+        raise RunStopped(f"{error.strerror}") from None
     # The return value is what Hydra sweepers (Optuna) optimise: the final average accuracy.
     return results.summary()["average_accuracy"]
 

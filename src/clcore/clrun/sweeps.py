@@ -38,7 +38,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from clcore.clrun.cli import RefusedConfig
+from clcore.clrun.cli import RefusedConfig, RunStopped
 from clcore.clrun.signals import StoppedBySignal
 from clcore.utils.atomic import write_text_atomic
 
@@ -68,7 +68,7 @@ def record_outcome(config: DictConfig, job_return: JobReturn) -> None:
             write_text_atomic(
                 job_dir / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(config.hydra.overrides.task)
             )
-        if isinstance(error, (StoppedBySignal, RefusedConfig)):
+        if isinstance(error, (StoppedBySignal, RefusedConfig, RunStopped)):
             text = f"{error}\n"  # what happened and what to do: no traceback to read through
         else:
             text = "".join(traceback.format_exception(type(error), error, error.__traceback__))

@@ -7,10 +7,11 @@
         Trainer(...).test(...)             every seen task, dataloader_idx = task index
         results + checkpoint written, atomically
 
-Before anything else the pre-flight check (``clcore.clrun.checks``) judges the config, every
-problem at once, loads the benchmark and decides whether the run continues after the last finished
-task of an earlier one (``clcore.clrun.resume``); the loop builds the model around that benchmark
-and writes ``clcore.clrun.checkpoint`` files after each task.
+Before anything is written: the pre-flight check (``clcore.clrun.checks``) judges the config, every
+problem at once, and loads the benchmark; ``clcore.clrun.build`` constructs the model, callbacks,
+loggers and the first Trainer. Then the output folder is locked (``clcore.clrun.lock``), the run
+continues after the last finished task of an earlier one or replaces it (``clcore.clrun.resume``),
+and ``clcore.clrun.checkpoint`` files are written after each task (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from clcore.clrun.build import build_run
 from clcore.clrun.checks import preflight
 from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import output_folder_lock
+from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
@@ -110,7 +112,12 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             remove_stale_temporaries(folder)
         write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         write_hydra_record(cfg, output_dir)
-        _run_tasks(cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir)
+        try:
+            _run_tasks(cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir)
+        except ConfigError as error:
+            # Raised once training started (a rule only a later task meets): not a refusal that left
+            # the folder untouched, so not reported as one (``clrun`` writes results/FAILED for it).
+            raise RuntimeError(f"the run stopped during its task sequence: {error}") from error
     return results
 
 
