@@ -175,7 +175,9 @@ def _described(hint: Any) -> str:
         )
     if dataclasses.is_dataclass(hint):
         return "a mapping"
-    return "a path (a string)"  # the only other annotation _fits judges
+    if hint in _PATHS or (isinstance(hint, type) and issubclass(hint, PurePath)):
+        return "a path (a string)"
+    return f"a {getattr(hint, '__name__', str(hint))}"  # not judged by _fits, named for a union's message
 
 
 def _hint_for(name: str, value: Any, hint: Any) -> str:

@@ -268,3 +268,43 @@ def test_full_error_shows_the_traceback_when_asked(tmp_path):
     )  # fmt: skip
     assert shown.returncode != 0
     assert "Traceback" in shown.stderr and "optimizer.lr=-1" in shown.stderr
+
+
+# ---- files planted in a run's folder --------------------------------------------------------------
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/clcore_payload_ran",))
+
+
+def _plant_fifo(checkpoint: Path) -> None:
+    checkpoint.unlink()
+    os.mkfifo(checkpoint)
+
+
+def _plant_pickle(checkpoint: Path) -> None:
+    import pickle
+
+    checkpoint.write_bytes(pickle.dumps({"state_dict": _RunsCode()}))
+
+
+@pytest.mark.parametrize(
+    ("plant", "said"),
+    [(_plant_fifo, "is a FIFO (named pipe), not a regular file"), (_plant_pickle, "would execute code")],
+    ids=["fifo", "malicious-pickle"],
+)
+def test_a_file_planted_as_the_last_checkpoint_is_refused_quickly_unread_and_kept(
+    finished_run, tmp_path, plant, said
+):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    plant(out / "checkpoints" / "task_2.ckpt")
+    before = _tree(out)
+    started = time.monotonic()
+    refused = _clrun("benchmark.num_tasks=2", *QUIET, f"hydra.run.dir={out}", timeout=120)
+    assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+    assert "weights_only=False" not in refused.stderr and "Traceback" not in refused.stderr
+    assert time.monotonic() - started < 60, "start-up hung on the planted file"
+    assert not Path("/tmp/clcore_payload_ran").exists()
+    assert _tree(out) == before

@@ -456,3 +456,33 @@ def test_clrun_names_the_damaged_gz_and_leaves_the_data_folder_alone(tmp_path):
     assert "MNIST not found" not in output and "Traceback" not in output
     assert snapshot(data) == before
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
+
+
+# ---- clta's torchvision data sets (SVHN's .mat files) -----------------------------------------
+@pytest.mark.parametrize("content", [b"", b"MATLAB 5.0 MAT-file" + b"\0" * 50], ids=["empty", "truncated"])
+def test_a_damaged_clta_data_set_is_named_as_damaged_with_how_to_get_it(tmp_path, content):
+    from clcore.clta.vision_datasets import Preprocess, VisionTaskSource
+
+    root = tmp_path / "svhn"
+    root.mkdir()
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        (root / name).write_bytes(content)
+    before = sorted((p.name, p.read_bytes()) for p in root.iterdir())
+    source = VisionTaskSource(
+        name="SVHN",
+        dataset_class="torchvision.datasets.SVHN",
+        root=str(root),
+        required=["train_32x32.mat", "test_32x32.mat"],
+        templates=["{}"],
+        classnames=[str(d) for d in range(10)],
+        train_kwargs={"split": "train"},
+        test_kwargs={"split": "test"},
+        how_to_get="torchvision.datasets.SVHN(..., download=True)",
+    )
+    assert source.missing() == []
+    with pytest.raises(DamagedDataError) as damaged:
+        source.build(Preprocess(train=lambda image: image, eval=lambda image: image))
+    message = str(damaged.value)
+    assert str((root / "train_32x32.mat").resolve()) in message
+    assert "present but SVHN cannot read them" in message and "download=True" in message
+    assert sorted((p.name, p.read_bytes()) for p in root.iterdir()) == before

@@ -27,15 +27,12 @@ Whether a run continues from a checkpoint is the resume policy's decision (``clc
 from __future__ import annotations
 
 import logging
-import random
 import re
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import torch_save_atomic
+from clcore.utils.rng import capture_rng_state, restore_rng_state
 from clcore.utils.safe_load import RefusedFileError, load_tensors_safely
 
 log = logging.getLogger(__name__)
@@ -47,56 +44,6 @@ _TASK_CHECKPOINT = re.compile(r"task_(\d+)\.ckpt")
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, unsafe, incomplete or from another config."""
-
-
-# ---- random number generators --------------------------------------------------------------
-def capture_rng_state() -> dict:
-    """torch, numpy and Python ``random`` states as tensors and numbers (``weights_only``-safe)."""
-    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
-    python_version, python_internal, python_gauss = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {
-            "keys": torch.from_numpy(numpy_keys.astype(np.int64)),
-            "pos": int(numpy_pos),
-            "has_gauss": int(numpy_has_gauss),
-            "cached_gaussian": float(numpy_gauss),
-        },
-        "python": {
-            "version": python_version,
-            "internal": torch.tensor(python_internal, dtype=torch.int64),
-            "gauss_next": python_gauss,
-        },
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            numpy_state["keys"].numpy().astype(np.uint32),
-            numpy_state["pos"],
-            numpy_state["has_gauss"],
-            numpy_state["cached_gaussian"],
-        )
-    )
-    python_state = state["python"]
-    random.setstate(
-        (python_state["version"], tuple(python_state["internal"].tolist()), python_state["gauss_next"])
-    )
-    cuda_states = state.get("cuda")
-    if cuda_states and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda_states):
-        torch.cuda.set_rng_state_all(cuda_states)
-    elif cuda_states:
-        log.warning(
-            "checkpoint holds CUDA RNG states for %d device(s); not restored on this machine",
-            len(cuda_states),
-        )
 
 
 # ---- writing and reading checkpoints -------------------------------------------------------

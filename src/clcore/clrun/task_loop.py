@@ -34,6 +34,7 @@ from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from clcore.utils.rng import preserved_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
             algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
             trainer = run.first_trainer if trainer is None else run.new_trainer()
             if untrained is not None and task_id > 0:
-                _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
+                # measured, not part of the experiment: the next draws are those of a run without it
+                with preserved_rng_state():
+                    _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
             trainer.fit(algorithm, datamodule=benchmark)
             trainer.test(algorithm, datamodule=benchmark, verbose=False)
             results.record_row(task_id, algorithm.last_test_accuracy)
@@ -142,8 +145,9 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
             results.record_extra(task_id, "task_seconds", time.perf_counter() - started)
             if trainer.is_global_zero:
                 write_results(results, output_dir)
-            _log_task_summary(trainer, results, task_id)
-            _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
+            with preserved_rng_state():  # loggers and callbacks measure; they never change what follows
+                _log_task_summary(trainer, results, task_id)
+                _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
             # Last, so the saved RNG state is the one the next task starts from.
             if trainer.is_global_zero and cfg.save_checkpoints:
                 checkpoint.save_checkpoint(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from clcore.benchmarks.errors import DamagedDataError
 from clcore.clta.task_data import TaskData, TransformedSubset, labels_of, split_off
 
 CLASSNAMES_FROM_DATASET = "from_dataset"
@@ -117,8 +118,20 @@ class VisionTaskSource:
         return "\n".join(lines)
 
     def _open(self, kwargs: Mapping[str, Any]) -> Dataset:
+        """The torchvision data set over files known to be present (``missing`` is checked first):
+        if torchvision cannot read them, they are damaged, and the message says which and what to do."""
         dataset_class = _import_object(self.dataset_class)
-        return dataset_class(root=str(self.root), transform=None, **kwargs)
+        try:
+            return dataset_class(root=str(self.root), transform=None, **kwargs)
+        except Exception as error:
+            files = ", ".join(str((self.root / relative).resolve()) for relative in self.required)
+            cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise DamagedDataError(
+                files,
+                f"{self.name}: the files are present but {dataset_class.__name__} cannot read them "
+                f"({type(error).__name__}{': ' + cause if cause else ''}); they are truncated or not the official files",
+                fix=f"delete them and fetch them again{' (' + self.how_to_get + ')' if self.how_to_get else ''}",
+            ) from error
 
     def _resolve_classnames(self, dataset: Dataset) -> list[str]:
         if isinstance(self.classnames, str) and self.classnames != CLASSNAMES_FROM_DATASET:
