@@ -61,7 +61,7 @@ def main() -> None:
         build += ["--train", "8000"]
         subprocess.run([sys.executable, *build], check=True, cwd=REPO)
         commands.append("python " + " ".join(build))
-        experiment = ["experiment=small_mnist", f"data_root={shown(args.data_root)}"]
+        experiment = ["experiment=small_mnist", f"data_root={shown(mnist_root)}"]
         source = "the MNIST test set (10,000 images) split 8,000 train / 2,000 test by scripts/mnist_from_test_set.py"
     else:
         experiment = ["experiment=small_digits"]

@@ -74,6 +74,18 @@ def test_the_fast_exit_runs_the_exit_handlers_and_a_failure_keeps_its_status(tmp
     assert refused.returncode != 0 and "seed=-1" in refused.stderr + refused.stdout
 
 
+def test_the_fast_exit_shuts_idle_worker_processes_down_at_once():
+    """hydra/launcher=parallel leaves joblib's loky workers idle (they wait 300 s for more work);
+    the fast exit stops them as a normal exit does, instead of waiting them out."""
+    probe = (
+        "from joblib import Parallel, delayed;"
+        "print(sum(Parallel(n_jobs=2, backend='loky')(delayed(abs)(-i) for i in range(4))), end=' ');"
+        "from clcore.utils.fast_exit import exit_without_teardown; exit_without_teardown()"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert (ran.returncode, ran.stdout) == (0, "6 ")
+
+
 def test_wheel_ships_the_configs(tmp_path):
     """A non-editable install finds its configs: they are package data inside the wheel."""
     subprocess.run(

@@ -171,5 +171,6 @@ def _problems_of(what: str, error: BaseException) -> list[str]:
         error = error.__cause__
     if isinstance(error, ConfigError):
         return error.problems
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # every line of it: a refusal's later lines say what to do (which file to fetch, where to put it)
+    message = "\n    ".join(str(error).strip().splitlines()) or type(error).__name__
     return [f"{what}: {message} ({type(error).__name__})"]

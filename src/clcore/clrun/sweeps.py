@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import math
+import shutil
 import statistics
 import sys
 import traceback
@@ -81,7 +82,19 @@ class JobOutcome(Callback):
     """After every run or job: ``results/FAILED`` holds the traceback of a job that raised (and is
     removed when the same folder later succeeds), and an open wandb run is finished, marked
     failed or not, so that the next job of a sweep in the same process starts its own wandb run
-    instead of writing into this one."""
+    instead of writing into this one. Before a sweep starts, a SLURM launcher on a machine without
+    SLURM is refused in one line (submitit's own error is a traceback about ``srun``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+        if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
+            # Hydra turns a callback's exception into a warning and goes on: exit here, in one line.
+            sys.stderr.write(
+                "hydra/launcher=slurm submits every job with SLURM's sbatch, which this machine does not have: "
+                "run the command on the cluster's login node, or try it here with hydra/launcher=submitit_local "
+                "(docs/sweeps.md)\n"
+            )
+            raise SystemExit(1)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         record_outcome(config, job_return)

@@ -23,9 +23,16 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://clcore.configs.ta", config_name="task_arithmetic")
 def hydra_app(cfg: DictConfig) -> float | None:
     # Imported here so that `clta --help` and config errors answer before torch loads.
+    from clcore.benchmarks.errors import DamagedDataError, DataNotFoundError
+    from clcore.clrun.cli import RefusedConfig
     from clcore.clta import run_protocol
+    from clcore.config_rules import ConfigError
 
-    results = run_protocol(cfg)
+    try:
+        results = run_protocol(cfg)
+    except (ConfigError, DataNotFoundError, DamagedDataError) as error:
+        # the message names every problem and what to do; a traceback through clcore would bury it
+        raise RefusedConfig(str(error)) from error
     # What a Hydra sweeper optimises: the normalised task-addition accuracy of the first mode's first method.
     first_mode = next(iter(results["modes"].values()))
     return next(iter(first_mode["addition"].values()))["normalized"]

@@ -11,18 +11,24 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 
 
 def exit_without_teardown() -> None:
     """After a command has *succeeded*: run the exit handlers, flush the standard streams, ``os._exit(0)``.
 
-    The exit handlers are what a normal exit would run first (``logging.shutdown`` flushing Hydra's
+    The thread shutdown and the exit handlers are what a normal exit would run first (``logging.shutdown`` flushing Hydra's
     ``cli.log``, ``wandb.finish``, coverage); only the teardown after them is skipped. Call it on
     success only: a failure keeps Python's normal way out and its exit status.
     ``CLCORE_FULL_EXIT=1`` keeps the normal exit (profilers or tools that inspect the teardown).
     """
     if os.environ.get("CLCORE_FULL_EXIT", "") not in ("", "0"):
         return
+    # What a normal exit does first (Py_FinalizeEx's wait_for_thread_shutdown): the executors'
+    # shutdown hooks (concurrent.futures, joblib's loky workers of hydra/launcher=parallel) and the
+    # join of non-daemon threads. Without it, multiprocessing's exit handler below waits for loky's
+    # idle workers to time out: five minutes.
+    threading._shutdown()
     atexit._run_exitfuncs()  # the handlers a normal exit runs, in the same (reverse) order
     for stream in (sys.stdout, sys.stderr):
         try:
