@@ -415,3 +415,31 @@ def test_a_run_whose_trainer_cannot_be_built_deletes_nothing_even_with_resume_fa
         run_sequence(again)
     assert "No supported gpu backend" in str(refused.value) and "beta parameter" in str(refused.value)
     assert {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()} == before
+
+
+def test_a_resumed_run_keeps_the_logs_and_curves_of_its_finished_tasks(make_config):
+    """metrics.csv and learning_curves.csv after a crash in task 3 and a resume are those of a run
+    that was never interrupted: the finished tasks' rows kept, the crashed task's partial rows gone."""
+    import csv
+
+    run = [
+        "benchmark.num_tasks=3",
+        "trainer.max_epochs=2",
+        "backbone.dropout=0.2",
+        "trainer.log_every_n_steps=2",
+    ]
+    logged = ["callbacks=default", "logger=csv", "trainer.enable_progress_bar=false"]
+    reference = make_config(*run, *logged, quiet=False, subdir="reference")
+    run_sequence(reference)
+    crashed = make_config(*run, *logged, quiet=False, subdir="crashed")
+    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
+        run_sequence(crashed, extra_callbacks=[FailInTask(task=3, batch=4)])
+    run_sequence(crashed)
+
+    def rows(cfg, name: str) -> list[dict]:
+        with open(Path(cfg.paths.output_dir) / name, newline="") as stream:
+            return list(csv.DictReader(stream))
+
+    assert rows(crashed, "logs/metrics.csv") == rows(reference, "logs/metrics.csv")
+    assert rows(crashed, "results/learning_curves.csv") == rows(reference, "results/learning_curves.csv")
+    assert {row["task"] for row in rows(crashed, "results/learning_curves.csv")} == {"1", "2", "3"}

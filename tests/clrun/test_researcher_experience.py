@@ -336,3 +336,39 @@ def test_docs_build_strict(tmp_path):
     callbacks_page = (site / "extending" / "callbacks" / "index.html").read_text()
     # the tested example, included from tests/helpers.py
     assert "has lost since it was trained" in callbacks_page and "--8&lt;--" not in callbacks_page
+
+
+def test_every_task_logs_its_training_loss_even_when_shorter_than_the_logging_stride(make_config):
+    """Split digits: about 10 training batches per task against log_every_n_steps=50 (a new
+    Trainer per task restarts the count): each task still reaches the loggers at least 4 times."""
+    cfg = make_config(
+        "benchmark=split_digits", "logger=csv", "trainer.log_every_n_steps=50", "trainer.max_epochs=1"
+    )
+    run_sequence(cfg)
+    with open(Path(cfg.paths.output_dir) / "logs" / "metrics.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    for task in range(1, 6):
+        logged = [r for r in rows if r.get(f"task_{task}/train/loss")]
+        assert len(logged) >= 4, (task, len(logged))
+
+
+def test_a_sweep_ends_with_its_table_and_the_aggregate_has_a_column_per_swept_parameter(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [CLRUN, "-m", "seed=1,2", "optimizer.lr=0.001,0.01", *TINY, "callbacks=none", "logger=[]"]
+    command += [
+        "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.callbacks.sweep_aggregate.plot=false",
+    ]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("final average accuracy and BWT") :].splitlines()
+    assert table[1].split()[:3] == ["optimizer.lr", "jobs", "done"]
+    aggregate = json.loads((sweep / "aggregate.json").read_text())
+    for line, row in zip(table[3:5], aggregate["configurations"]):
+        mean, std = 100 * row["average_accuracy_mean"], 100 * row["average_accuracy_std"]
+        assert line.split()[:2] == [row["parameters"]["optimizer.lr"], "2/2"]
+        assert f"{mean:.2f} ± {std:.2f}" in line
+    with open(sweep / "aggregate.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["optimizer.lr"] for r in rows] == ["0.001", "0.01"] and "seed" not in rows[0]

@@ -57,6 +57,8 @@ class CLAlgorithm(LightningModule):
     # scheduler or an early-stopping / checkpoint callback can monitor them; the pre-flight check
     # refuses a monitor not listed here. A subclass that logs more extends the tuple.
     MONITORABLE_METRICS: tuple[str, ...] = ("val/loss", "val/acc")
+    # The training loss reaches the loggers at least this many times per epoch (``is_logging_step``).
+    min_logged_steps_per_epoch: int = 4
     # The loss is checked for NaN/inf on the device every step, but read on the host (a
     # synchronisation) only every this many training batches and at each epoch's last batch.
     nonfinite_check_every_n_steps: int = 50
@@ -236,8 +238,22 @@ class CLAlgorithm(LightningModule):
         small model's step; values logged between writes would be dropped anyway.
         """
         trainer = self._trainer
-        every = trainer.log_every_n_steps if trainer is not None else 1
-        return (self.global_step + 1) % every == 0 or batch_idx == 0
+        if trainer is None:
+            return True
+        if batch_idx == 0:
+            self._log_at_least_a_few_times_per_epoch(trainer)
+        return (self.global_step + 1) % trainer.log_every_n_steps == 0 or batch_idx == 0
+
+    def _log_at_least_a_few_times_per_epoch(self, trainer) -> None:
+        """Shortens the Trainer's logging stride for a task whose epoch is shorter than it: with
+        ``log_every_n_steps=50`` and a new Trainer per task, a task of 12 batches would log no
+        training loss at all, and a stride close to the epoch's length aliases what changes within
+        an epoch (HAT's annealed s). At least ``min_logged_steps_per_epoch`` points per epoch, a
+        few milliseconds of logging per epoch."""
+        batches, every = trainer.num_training_batches, trainer.log_every_n_steps
+        if every and isinstance(batches, int) and batches > 0:
+            stride = max(1, batches // self.min_logged_steps_per_epoch)
+            trainer.log_every_n_steps = min(every, stride)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         """Stops the task if the loss went non-finite: a diverged model only produces garbage.

@@ -27,7 +27,8 @@ class LearningCurves(CLCallback):
     training loss is sure to be the step's own).
 
     The x axis is the training step counted over the whole sequence, so the tasks' curves sit
-    side by side. Curves live in memory: after a resumed run the plot starts at the resumed task.
+    side by side. The curves are part of each task's checkpoint, so a resumed run keeps those of
+    the tasks it does not train again.
     ``plot=False`` (the run's ``plots`` setting, off by default for speed) writes the CSV only.
     """
 
@@ -107,11 +108,24 @@ class LearningCurves(CLCallback):
         if self.plot and trainer.is_global_zero and self.rows:
             self.draw(Path(trainer.default_root_dir) / self.output_subdir)
 
+    # ---- resume: the checkpoint carries the curves of the finished tasks --------------------
+    COLUMNS = ("task", "step", "sequence_step", "metric", "value")
+
+    def state_dict(self) -> dict:
+        """The rows as columns of plain numbers and strings (a ``weights_only`` checkpoint holds them)."""
+        return {
+            "columns": {name: [row[name] for row in self.rows] for name in self.COLUMNS},
+            "steps_before_task": self._steps_before_task,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        columns = state["columns"]
+        self.rows = [dict(zip(self.COLUMNS, values)) for values in zip(*(columns[n] for n in self.COLUMNS))]
+        self._steps_before_task = int(state["steps_before_task"])
+
     def csv(self) -> str:
         buffer = io.StringIO()
-        writer = csv.DictWriter(
-            buffer, ["task", "step", "sequence_step", "metric", "value"], lineterminator="\n"
-        )
+        writer = csv.DictWriter(buffer, self.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
         return buffer.getvalue()

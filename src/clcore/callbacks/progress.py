@@ -137,7 +137,7 @@ class TaskProgressBar(ProgressBar):
 
     def _metrics_text(self, separator: str) -> str:
         return separator.join(
-            f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
+            _shown(name, value)
             for name, value in self.get_metrics(self.trainer, self.trainer.lightning_module).items()
         )
 
@@ -280,3 +280,12 @@ def task_progress_bar(enabled: bool = True, **kwargs: Any) -> Callback:
     still switches the bar off (quiet test runs, benchmarks).
     """
     return TaskProgressBar(**kwargs) if enabled else Callback()
+
+
+def _shown(name: str, value: Any) -> str:
+    """An accuracy in %, as the accuracy matrix and the summary show it; other values as they are."""
+    if not isinstance(value, float):
+        return f"{name} {value}"
+    if name.endswith("acc"):
+        return f"{name} {100 * value:.1f}%"
+    return f"{name} {value:.3f}"

@@ -155,15 +155,23 @@ def clear_previous_run(output_dir: Path) -> None:
     """Remove the checkpoints and results a fresh start replaces, so no stale file outlives it.
 
     Without this, a new run killed early would leave the old run's later checkpoints beside its
-    own, and the next ``resume`` would continue from one of them.
+    own, and the next ``resume`` would continue from one of them; and the loggers, which append to
+    what they find so that a resumed run keeps its logs, would mix the two runs.
     """
     output_dir = Path(output_dir)
     stale = [*sorted((output_dir / "checkpoints").glob("task_*.ckpt"))]
     stale += [
         path
-        for path in (output_dir / "results" / "acc_matrix.csv", output_dir / "results" / "summary.json")
+        for path in (
+            output_dir / "results" / "acc_matrix.csv",
+            output_dir / "results" / "summary.json",
+            output_dir / "results" / "learning_curves.csv",
+            # the loggers continue what they find (a resumed run keeps its earlier tasks' logs)
+            output_dir / "logs" / "metrics.csv",
+        )
         if path.is_file()
     ]
+    stale += sorted((output_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     if stale:
         log.warning(
             "starting over in %s: removing %d file(s) of the previous run (%s)",

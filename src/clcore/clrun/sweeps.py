@@ -133,7 +133,11 @@ class SweepAggregate(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         if _job_dirs(sweep_dir):  # the jobs may all have gone to folders of their own names
-            self.write(sweep_dir)
+            aggregate = self.write(sweep_dir)
+            # the sweep's result on the screen, where the user is looking when it ends
+            print(f"\nsweep {sweep_dir}: final average accuracy and BWT over the jobs of each configuration")
+            print(summary_table(aggregate))
+            print(f"(aggregate.csv / .json{' / .png' if self.plot else ''} in {sweep_dir})", flush=True)
 
     def write(self, sweep_dir: Path) -> dict:
         aggregate = aggregate_sweep(sweep_dir, self.ignore)
@@ -198,6 +202,7 @@ def aggregate_sweep(sweep_dir: str | Path, ignore: tuple[str, ...] = ("seed",)) 
         done = [j for j in members if j["status"] == "completed"]
         row = {
             "configuration": name,
+            "parameters": _parameters(name),
             "jobs": len(members),
             "completed": len(done),
             "failed": sum(j["status"] == "failed" for j in members),
@@ -220,8 +225,26 @@ def aggregate_sweep(sweep_dir: str | Path, ignore: tuple[str, ...] = ("seed",)) 
     }
 
 
+def _parameters(configuration: str) -> dict[str, str]:
+    """``{"optimizer.lr": "0.01", ...}`` from a configuration's overrides (``+``/``~`` prefixes dropped)."""
+    pairs = [o.split("=", 1) for o in configuration.split(" ") if "=" in o]
+    return {key.lstrip("+~"): value for key, value in pairs}
+
+
+def varying_parameters(aggregate: dict) -> list[str]:
+    """The override keys whose value differs between configurations (all of them for one configuration)."""
+    rows = aggregate["configurations"]
+    keys = list(dict.fromkeys(key for row in rows for key in row.get("parameters", {})))
+    if len(rows) < 2:
+        return keys
+    return [k for k in keys if len({row.get("parameters", {}).get(k) for row in rows}) > 1]
+
+
 def aggregate_csv(aggregate: dict) -> str:
-    columns = ["configuration", "jobs", "completed", "failed", "incomplete"]
+    """One row per configuration: its varying parameters as columns of their own, the job counts,
+    and mean / std of each metric (fractions, as in ``summary.json``)."""
+    parameters = varying_parameters(aggregate)
+    columns = ["configuration", *parameters, "jobs", "completed", "failed", "incomplete"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["job_dirs"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -229,7 +252,7 @@ def aggregate_csv(aggregate: dict) -> str:
     for row in aggregate["configurations"]:
         cells = []
         for column in columns:
-            value = row.get(column)
+            value = row["parameters"].get(column) if column in parameters else row.get(column)
             if column == "job_dirs":
                 value = " ".join(value)
             elif isinstance(value, float):
@@ -237,6 +260,34 @@ def aggregate_csv(aggregate: dict) -> str:
             cells.append("" if value is None else value)
         writer.writerow(cells)
     return buffer.getvalue()
+
+
+def summary_table(aggregate: dict) -> str:
+    """The aggregate as the console shows it at the end of a sweep: a line per configuration with
+    its varying parameters, completed / all jobs, and final AA and BWT as mean ± std, in %."""
+    parameters = varying_parameters(aggregate)
+
+    def shown(mean, std) -> str:
+        if mean is None:
+            return "-"
+        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+    header = [*(parameters or ["configuration"]), "jobs done", "AA % (mean ± std)", "BWT points (mean ± std)"]
+    lines = [header]
+    for row in aggregate["configurations"]:
+        named = [row["parameters"].get(k, "") for k in parameters] if parameters else [row["configuration"]]
+        lines.append(
+            [
+                *named,
+                f"{row['completed']}/{row['jobs']}",
+                shown(row.get("average_accuracy_mean"), row.get("average_accuracy_std")),
+                shown(row.get("bwt_mean"), row.get("bwt_std")),
+            ]
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
 
 
 def plot_aggregate(aggregate: dict, path: Path) -> Path:

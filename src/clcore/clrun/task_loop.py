@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from pathlib import Path
 
 from lightning import Trainer, seed_everything
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.algorithms.base import CLAlgorithm
@@ -32,8 +32,10 @@ from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import output_folder_lock
 from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
+from clcore.loggers.csv import drop_rows_after_task
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
+from clcore.utils.quiet import silence_known_noise
 from clcore.utils.rng import preserved_rng_state
 
 log = logging.getLogger(__name__)
@@ -86,9 +88,7 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     """
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    # Lightning 2.6 builds torch's LeafSpec, which torch 2.14 deprecates: one line in every run's
-    # output that the user can do nothing about.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    silence_known_noise()
     use_cached_cuda_check()
     plan = preflight(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -107,6 +107,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             saved = checkpoint.read_checkpoint(resume_from)
             results = checkpoint.restore(saved, algorithm, untrained, callbacks)
             log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+            for logger in run.loggers:  # what the killed run logged of the task it did not finish
+                if isinstance(logger, CSVLogger):
+                    drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
         else:
             resume.clear_previous_run(output_dir)
         for folder in (output_dir, output_dir / "results", output_dir / "checkpoints"):

@@ -342,6 +342,9 @@ def task_negation(
 # -- the whole protocol ------------------------------------------------------------------------
 def run_protocol(cfg: DictConfig, log=print) -> dict:
     """Run the protocol ``cfg`` describes (a composed ``task_arithmetic`` config); returns the results dict."""
+    from clcore.utils.quiet import silence_known_noise
+
+    silence_known_noise()
     started = time.perf_counter()
     timing: dict[str, float] = {}
     modes = list(cfg.modes)
