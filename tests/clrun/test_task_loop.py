@@ -160,3 +160,21 @@ def test_eval_split_val_measures_the_matrix_on_validation_images_and_trains_the_
     tensors = [{n: v for n, v in w.items() if isinstance(v, torch.Tensor)} for w in weights]
     assert tensors[0].keys() == tensors[1].keys() and len(tensors[0]) > 2
     assert all(torch.equal(tensors[0][name], tensors[1][name]) for name in tensors[0])
+
+
+def test_every_plot_names_its_run_and_its_final_numbers(make_config):
+    from clcore.callbacks import CLCallback
+    from clcore.callbacks.figures import run_caption
+
+    class Caption(CLCallback):
+        text = ""
+
+        def on_sequence_end(self, trainer, algorithm, results):
+            Caption.text = run_caption(trainer, algorithm, results)
+
+    results = run_sequence(make_config("benchmark.num_tasks=2", "seed=7"), extra_callbacks=[Caption()])
+    summary = results.summary()
+    assert Caption.text == (
+        f"Finetuning · PermutedBenchmark (digits, 2 tasks) · TIL · seed 7 · after task 2: "
+        f"AA {100 * summary['average_accuracy']:.1f}%, BWT {100 * summary['bwt']:+.1f} points"
+    )

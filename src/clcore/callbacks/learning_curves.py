@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import Tensor
 
 from clcore.callbacks.base import CLCallback
+from clcore.callbacks.figures import run_caption
 
 
 class LearningCurves(CLCallback):
@@ -102,11 +103,15 @@ class LearningCurves(CLCallback):
 
         write_text_atomic(Path(trainer.default_root_dir) / "results" / "learning_curves.csv", self.csv())
         if self.plot and self.every_task:
-            self.draw(Path(trainer.default_root_dir) / self.output_subdir)
+            self.draw(
+                Path(trainer.default_root_dir) / self.output_subdir, run_caption(trainer, algorithm, results)
+            )
 
     def on_sequence_end(self, trainer, algorithm, results) -> None:
         if self.plot and trainer.is_global_zero and self.rows:
-            self.draw(Path(trainer.default_root_dir) / self.output_subdir)
+            self.draw(
+                Path(trainer.default_root_dir) / self.output_subdir, run_caption(trainer, algorithm, results)
+            )
 
     # ---- resume: the checkpoint carries the curves of the finished tasks --------------------
     COLUMNS = ("task", "step", "sequence_step", "metric", "value")
@@ -130,11 +135,12 @@ class LearningCurves(CLCallback):
         writer.writerows(self.rows)
         return buffer.getvalue()
 
-    def draw(self, folder: Path) -> Path:
-        """One panel per metric (training loss first), one colour per task, task boundaries dotted."""
+    def draw(self, folder: Path, caption: str = "") -> Path:
+        """One panel per metric (training loss first), one colour per task, task boundaries dotted;
+        ``caption`` (``figures.run_caption``: which run) across the top."""
         import matplotlib
 
-        from clcore.callbacks.figures import new_figure, save_png
+        from clcore.callbacks.figures import add_caption, new_figure, save_png
 
         folder.mkdir(parents=True, exist_ok=True)
         metrics = sorted(
@@ -146,7 +152,7 @@ class LearningCurves(CLCallback):
         columns = min(len(metrics), 2)
         rows = math.ceil(len(metrics) / columns)
         # room above for the figure's title and each panel's, below each panel for its x label
-        fig, axes = new_figure(6.0 * columns, 3.0 * rows, rows, columns, margins=(0.8, 0.2, 0.55, 0.6))
+        fig, axes = new_figure(6.0 * columns, 3.0 * rows, rows, columns, margins=(0.8, 0.2, 0.55, 0.9))
         starts = {
             task: min(r["sequence_step"] - r["step"] for r in self.rows if r["task"] == task)
             for task in tasks
@@ -154,7 +160,7 @@ class LearningCurves(CLCallback):
         for ax, metric in zip(axes.flat, metrics):
             for task in tasks:
                 points = [
-                    (r["sequence_step"], r["value"])
+                    (r["sequence_step"], r["value"] * _scale(metric))
                     for r in self.rows
                     if r["task"] == task and r["metric"] == metric
                 ]
@@ -171,11 +177,19 @@ class LearningCurves(CLCallback):
                     )
             for task in tasks[1:]:
                 ax.axvline(starts[task], color="gray", lw=0.7, ls=":")
-            ax.set_title(metric)
+            ax.set_title(f"{metric} (%)" if _scale(metric) == 100 else metric)
             ax.set_xlabel("training step (whole sequence)")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(metrics) :]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7, ncol=max(1, len(tasks) // 5))
-        fig.suptitle("learning curves per task (dotted: a new task starts)", fontsize=10)
+        fig.suptitle(
+            "learning curves per task (dotted: a new task starts)", fontsize=10, y=1 - 0.25 / (3.0 * rows)
+        )
+        add_caption(fig, caption, 3.0 * rows)
         return save_png(fig, folder / "learning_curves.png", dpi=110)
+
+
+def _scale(metric: str) -> int:
+    """Accuracies are drawn in %, as the accuracy matrix and the summary show them (the CSV keeps fractions)."""
+    return 100 if metric.endswith("acc") else 1

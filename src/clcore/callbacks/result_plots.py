@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from clcore.callbacks.base import CLCallback
+from clcore.callbacks.figures import run_caption
 from clcore.metrics.continual import average_accuracy
 from clcore.metrics.results import ContinualResults
 
@@ -25,15 +26,24 @@ class ResultPlots(CLCallback):
 
     def on_task_end(self, trainer, algorithm, task_id: int, results: ContinualResults) -> None:
         if self.plot and self.every_task and trainer.is_global_zero:
-            self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
+            self.draw(
+                results,
+                Path(trainer.default_root_dir) / self.output_subdir,
+                run_caption(trainer, algorithm, results),
+            )
 
     def on_sequence_end(self, trainer, algorithm, results: ContinualResults) -> None:
         if self.plot and trainer.is_global_zero:
-            self.draw(results, Path(trainer.default_root_dir) / self.output_subdir)
+            self.draw(
+                results,
+                Path(trainer.default_root_dir) / self.output_subdir,
+                run_caption(trainer, algorithm, results),
+            )
 
     @staticmethod
-    def draw(results: ContinualResults, folder: Path) -> list[Path]:
-        from clcore.callbacks.figures import new_figure, save_png
+    def draw(results: ContinualResults, folder: Path, caption: str = "") -> list[Path]:
+        """The two PNGs; ``caption`` (``figures.run_caption``: which run, final AA / BWT) on top of each."""
+        from clcore.callbacks.figures import add_caption, new_figure, save_png
 
         folder.mkdir(parents=True, exist_ok=True)
         R = results.trained.numpy() * 100
@@ -42,9 +52,10 @@ class ResultPlots(CLCallback):
         labels = [str(t + 1) for t in ticks]
 
         # 0.6 inch a cell, around it room for the labels and the colour bar (and the title, for k = 1)
-        fig, axes = new_figure(
-            max(2.8, 1.6 + 0.6 * k), max(2.0, 1.0 + 0.6 * k), margins=(0.55, 0.45, 0.5, 0.3)
-        )
+        # wide enough for the caption's line
+        width, height = max(5.2, 1.6 + 0.6 * k), max(2.3, 1.3 + 0.6 * k)
+        fig, axes = new_figure(width, height, margins=(0.55, 0.45, 0.5, 0.6))
+        add_caption(fig, caption, height)
         ax = axes[0, 0]
         image = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
         for i in range(k):
@@ -69,7 +80,8 @@ class ResultPlots(CLCallback):
 
         aa = average_accuracy(results.trained).numpy() * 100
         bwt = [math.nan] + [float((R[i, :i] - R.diagonal()[:i]).mean()) for i in range(1, k)]
-        fig, axes = new_figure(9, 3.2, 1, 2, margins=(0.7, 0.15, 0.5, 0.15), gaps=(0.85, 0))
+        fig, axes = new_figure(9, 3.4, 1, 2, margins=(0.7, 0.15, 0.5, 0.35), gaps=(0.85, 0))
+        add_caption(fig, caption, 3.4)
         left, right = axes[0]
         left.plot([t + 1 for t in ticks], aa, marker="o")
         left.set_xlabel("after training task")

@@ -29,7 +29,7 @@ from clcore.clrun import checkpoint, resume
 from clcore.clrun.build import build_run
 from clcore.clrun.checks import preflight
 from clcore.clrun.hydra_files import write_hydra_record
-from clcore.clrun.lock import output_folder_lock
+from clcore.clrun.lock import is_first_process, output_folder_lock
 from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
 from clcore.loggers.csv import drop_rows_after_task
@@ -112,10 +112,11 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
                     drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
         else:
             resume.clear_previous_run(output_dir)
-        for folder in (output_dir, output_dir / "results", output_dir / "checkpoints"):
-            remove_stale_temporaries(folder)
-        write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        write_hydra_record(cfg, output_dir)
+        if is_first_process():  # the other ranks of a DDP run write nothing here
+            for folder in (output_dir, output_dir / "results", output_dir / "checkpoints"):
+                remove_stale_temporaries(folder)
+            write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_hydra_record(cfg, output_dir)
         try:
             _run_tasks(cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir)
         except ConfigError as error:
