@@ -31,7 +31,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 
 HERE = Path(__file__).resolve().parent

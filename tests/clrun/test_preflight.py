@@ -22,9 +22,9 @@ from clcore.algorithms import HAT
 from clcore.backbones import HATMaskMLP
 from clcore.benchmarks import PermutedBenchmark, RotatedBenchmark, SplitBenchmark
 from clcore.clrun import resume
-from clcore.clrun.build import build
 from clcore.clrun.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from clcore.clrun.checks import ConfigError, preflight
+from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 from clcore.heads import HeadsCIL, HeadsTIL
 

@@ -145,7 +145,7 @@ def test_crash_mid_task_resumes_exactly_with_zero_shot_evaluation(make_config):
 def test_untrained_model_is_restored_from_the_checkpoint(make_config, tmp_path):
     import copy
 
-    from clcore.clrun.build import build
+    from clcore.clrun.construction import build
 
     cfg = make_config("benchmark.num_tasks=3")
     benchmark, algorithm = build(cfg)
@@ -331,7 +331,7 @@ def test_malicious_curvature_cache_is_refused_not_executed(tmp_path):
 
 
 def test_only_display_keys_may_change_between_a_run_and_its_continuation(make_config, tmp_path):
-    from clcore.clrun.build import build
+    from clcore.clrun.construction import build
 
     cfg = make_config("benchmark.num_tasks=2", quiet=False)
     out = Path(cfg.paths.output_dir)

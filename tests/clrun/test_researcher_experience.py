@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
 from clcore.callbacks.attributions import Attributions, _TaskForward
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 
 pytestmark = pytest.mark.slow

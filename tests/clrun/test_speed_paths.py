@@ -10,7 +10,7 @@ from lightning.pytorch.profilers import SimpleProfiler
 from torch import nn
 
 from clcore import lightning_speed
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 from clcore.lightning_speed import NullProfiler, entry_points_looked_up_once
 
@@ -210,7 +210,7 @@ builtins.__import__ = spy
 from clcore.clrun.checks import preflight
 from clcore.clrun.cli import compose
 from clcore.clrun.instantiate import instantiate_group
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 from hydra.utils import instantiate
 
 cfg = compose(sys.argv[2:], output_dir=sys.argv[1])

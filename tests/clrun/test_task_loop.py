@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 from tests.helpers import BackboneSnapshots
 

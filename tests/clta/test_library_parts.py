@@ -24,7 +24,7 @@ from clcore.benchmarks import RotatedBenchmark
 from clcore.benchmarks.rotated import rotate
 from clcore.benchmarks.sources import load_source
 from clcore.clta.evaluation import accuracy
-from clcore.clta.finetune import FinetuneSettings, finetune
+from clcore.clta.fine_tuning import FinetuneSettings, finetune
 from clcore.clta.rotated_tasks import normalised_images
 from clcore.utils.lr_schedules import lr_multiplier, warmup_cosine
 

@@ -12,7 +12,7 @@ from clcore.algorithms.independent import Independent
 from clcore.algorithms.joint import Joint
 from clcore.callbacks import CLCallback
 from clcore.clrun import run_sequence
-from clcore.clrun.build import build
+from clcore.clrun.construction import build
 
 NO_CHECKPOINTS = "save_checkpoints=false"
 

@@ -24,7 +24,7 @@ _EXPORTS = {
     "RunPlan": "clcore.clrun.checks",
     "ConfigError": "clcore.config_rules",
     "run_sequence": "clcore.clrun.task_loop",
-    "build": "clcore.clrun.task_loop",
+    "build": "clcore.clrun.construction",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -38,7 +38,7 @@ from clcore.benchmarks.base import CLBenchmark
 from clcore.benchmarks.errors import DataNotFoundError
 from clcore.benchmarks.sources import load_source
 from clcore.clrun import resume
-from clcore.clrun.build import construction_problems
+from clcore.clrun.construction import construction_problems
 from clcore.config_rules import ConfigError, is_int, is_number, raise_if_problems
 from clcore.config_types import accepted_options as _accepted_options
 from clcore.config_types import option_type_problems, problems_with_types_first, run_option_problems

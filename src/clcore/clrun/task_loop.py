@@ -8,7 +8,7 @@
         results + checkpoint written, atomically
 
 Before anything is written: the pre-flight check (``clcore.clrun.checks``) judges the config, every
-problem at once, and loads the benchmark; ``clcore.clrun.build`` constructs the model, callbacks,
+problem at once, and loads the benchmark; ``clcore.clrun.construction`` constructs the model, callbacks,
 loggers and the first Trainer. Then the output folder is locked (``clcore.clrun.lock``), the run
 continues after the last finished task of an earlier one or replaces it (``clcore.clrun.resume``),
 and ``clcore.clrun.checkpoint`` files are written after each task (docs/reliability.md).
@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from clcore.algorithms.base import CLAlgorithm
 from clcore.clrun import checkpoint, resume
-from clcore.clrun.build import build_run
 from clcore.clrun.checks import preflight
+from clcore.clrun.construction import build_run
 from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import is_first_process, output_folder_lock
 from clcore.config_rules import ConfigError

@@ -32,7 +32,7 @@ from clcore.utils.lazy_exports import lazy_exports
 # public name -> the module that defines it
 _EXPORTS = {
     **dict.fromkeys(["RESULTS_JSON", "RESULTS_TABLE", "run_protocol"], "clcore.clta.protocol"),
-    **dict.fromkeys(["FinetuneSettings", "finetune"], "clcore.clta.finetune"),
+    **dict.fromkeys(["FinetuneSettings", "finetune"], "clcore.clta.fine_tuning"),
     **dict.fromkeys(["EncoderEditor", "accuracy"], "clcore.clta.evaluation"),
     **dict.fromkeys(["select_addition_alpha", "select_negation_alpha"], "clcore.clta.selection"),
     "TaskData": "clcore.clta.task_data",

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from clcore.benchmarks.errors import DataNotFoundError
 from clcore.clta.evaluation import EVALUATION_MODES, TRAINED_AS, EncoderEditor, accuracy
-from clcore.clta.finetune import FinetuneSettings, finetune
+from clcore.clta.fine_tuning import FinetuneSettings, finetune
 from clcore.clta.report import markdown_tables
 from clcore.clta.selection import select_addition_alpha, select_negation_alpha
 from clcore.clta.task_data import TaskData, few_shot_indices
