@@ -372,3 +372,19 @@ def test_a_sweep_ends_with_its_table_and_the_aggregate_has_a_column_per_swept_pa
     with open(sweep / "aggregate.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert [r["optimizer.lr"] for r in rows] == ["0.001", "0.01"] and "seed" not in rows[0]
+
+
+def test_tensorboard_hparams_hold_the_final_metrics_beside_the_settings(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(
+        *TINY, "logger=tensorboard", "+callbacks.hp._target_=clcore.callbacks.LogHyperparameters"
+    )
+    final = run_sequence(cfg).summary()
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "logs" / "tensorboard")).Reload()
+    assert events.Scalars("hparams/average_accuracy")[-1].value == pytest.approx(final["average_accuracy"])
+    assert events.Scalars("hparams/bwt")[-1].value == pytest.approx(final["bwt"])
+    plugin = events.PluginTagToContent("hparams")
+    assert (
+        "_hparams_/session_start_info" in plugin and b"optimizer/lr" in plugin["_hparams_/session_start_info"]
+    )
