@@ -6,7 +6,6 @@ from pathlib import Path
 
 from clcore.callbacks.base import CLCallback
 
-
 # The run's results that TensorBoard's HParams tab shows beside its settings.
 FINAL_METRICS = ("average_accuracy", "bwt", "average_forgetting", "fwt")
 
