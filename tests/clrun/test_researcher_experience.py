@@ -388,3 +388,33 @@ def test_tensorboard_hparams_hold_the_final_metrics_beside_the_settings(make_con
     assert (
         "_hparams_/session_start_info" in plugin and b"optimizer/lr" in plugin["_hparams_/session_start_info"]
     )
+
+
+def test_an_optuna_study_records_a_refused_trial_as_failed_and_goes_on(tmp_path):
+    """One trial per batch (the default): a trial whose value is refused (weight_decay=-1) is
+    recorded as failed, in the study and in its folder, and the search still finishes."""
+    sweep = tmp_path / "sweep"
+    command = [
+        CLRUN,
+        "-m",
+        "+sweep=optuna",
+        "optimizer.weight_decay=choice(-1.0,0.0)",
+        "optimizer.lr=choice(0.001)",
+    ]
+    command += [
+        "hydra.sweeper.n_trials=4",
+        *TINY,
+        "callbacks=none",
+        "logger=[]",
+        "trainer.enable_progress_bar=false",
+    ]
+    command += [f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_aggregate.plot=false"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = sorted(path.parent.parent.name for path in sweep.glob("*/results/FAILED"))
+    assert failed and all(
+        "optimizer.weight_decay=-1.0" in (sweep / job / "results" / "FAILED").read_text() for job in failed
+    )
+    assert len(failed) < 4, "every trial failed: the test no longer shows a study going on"
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "optimizer.weight_decay: 0.0" in best
