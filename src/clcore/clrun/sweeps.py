@@ -86,6 +86,11 @@ class JobOutcome(Callback):
     SLURM is refused in one line (submitit's own error is a traceback about ``srun``)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "Optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            import optuna  # the sweeper imports it next anyway
+
+            # its own coloured INFO line per study; Hydra's sweeper logs the study already
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         target = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if target.endswith("SlurmLauncher") and shutil.which("sbatch") is None:
             # Hydra turns a callback's exception into a warning and goes on: exit here, in one line.
