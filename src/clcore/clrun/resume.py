@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.clrun.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
+from clcore.clrun.lock import is_first_process
 from clcore.config_rules import raise_if_problems
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ def clear_previous_run(output_dir: Path) -> None:
         if path.is_file()
     ]
     stale += sorted((output_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
-    if stale:
+    if stale and is_first_process():  # said once, not once per process of a DDP run
         log.warning(
             "starting over in %s: removing %d file(s) of the previous run (%s)",
             output_dir,

@@ -87,7 +87,8 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     killed writer are removed, and a fresh start replaces the previous run's results.
     """
     # One Trainer per task would repeat Lightning's start-up notes (GPU available, tips) T times.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.fabric"):  # and DDP's "Initializing distributed" per rank
+        logging.getLogger(name).setLevel(logging.WARNING)
     silence_known_noise()
     use_cached_cuda_check()
     plan = preflight(cfg)
@@ -106,7 +107,8 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             # Also restores the RNG states saved after that task: the next task starts as it would have.
             saved = checkpoint.read_checkpoint(resume_from)
             results = checkpoint.restore(saved, algorithm, untrained, callbacks)
-            log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
+            if is_first_process():
+                log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
             for logger in run.loggers:  # what the killed run logged of the task it did not finish
                 if isinstance(logger, CSVLogger):
                     drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
@@ -157,7 +159,8 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
                 checkpoint.save_checkpoint(
                     output_dir, task_id, algorithm, results, config_digest, untrained, callbacks, fingerprint
                 )
-            log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
+            if trainer.is_global_zero:  # once, not once per process of a DDP run
+                log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
         if (
             trainer is None
         ):  # resumed after the last task: nothing to train, the end-of-run callbacks still run
