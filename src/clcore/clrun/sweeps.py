@@ -304,12 +304,18 @@ def plot_aggregate(aggregate: dict, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     rows = [r for r in aggregate["configurations"] if r["completed"]]
+    # what tells the configurations apart; the overrides they share (a data path) go to the title
+    varying = varying_parameters(aggregate)
+    shared = [
+        f"{k}={v}" for k, v in (rows[0].get("parameters", {}) if rows else {}).items() if k not in varying
+    ]
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(11, 3.6 + 0.22 * len(rows)), gridspec_kw={"width_ratios": [3, 2]}
     )
     for index, row in enumerate(rows):
         colour = plt.get_cmap("tab10")(index % 10)
-        label = f"{index + 1}: {row['configuration']}  (n={row['completed']})"
+        named = " ".join(f"{k}={row['parameters'][k]}" for k in varying if k in row.get("parameters", {}))
+        label = f"{index + 1}: {named or row['configuration']}  (n={row['completed']})"
         means = row.get("average_accuracy_per_task_mean")
         if means:
             tasks = range(1, len(means) + 1)
@@ -351,7 +357,9 @@ def plot_aggregate(aggregate: dict, path: Path) -> Path:
         title=f"configurations (n = completed jobs{note})",
         title_fontsize=7,
     )
-    fig.tight_layout(rect=(0, 0.08 + 0.06 * len(rows), 1, 1))
+    if shared:
+        fig.suptitle("every job: " + " ".join(shared), fontsize=7, color="0.3")
+    fig.tight_layout(rect=(0, 0.08 + 0.06 * len(rows), 1, 0.97 if shared else 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
