@@ -418,3 +418,27 @@ def test_an_optuna_study_records_a_refused_trial_as_failed_and_goes_on(tmp_path)
     assert len(failed) < 4, "every trial failed: the test no longer shows a study going on"
     best = (sweep / "optimization_results.yaml").read_text()
     assert "optimizer.weight_decay: 0.0" in best
+
+
+def test_wandb_runs_are_named_by_their_overrides_and_a_sweep_is_one_group():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    from clcore.loggers.wandb import job_identity
+
+    assert job_identity("default") is None  # outside a Hydra job: the configured name stays
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="clcore.configs", version_base="1.3"):
+        cfg = compose(
+            "config", ["seed=2", "optimizer.lr=0.01", "hydra.sweep.dir=multirun/x"], return_hydra_config=True
+        )
+    try:
+        for mode, group in ((RunMode.MULTIRUN, "default multirun/x"), (RunMode.RUN, None)):
+            with read_write(cfg.hydra), open_dict(cfg):
+                cfg.hydra.mode = mode
+            HydraConfig.instance().set_config(cfg)
+            assert job_identity("default") == ("default seed=2 optimizer.lr=0.01", group)
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()

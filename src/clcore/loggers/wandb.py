@@ -1,8 +1,13 @@
-"""Lightning's Weights & Biases logger, without a warning on every run.
+"""Lightning's Weights & Biases logger, quiet, and naming each job of a sweep after what it changes.
 
-Lightning hands ``anonymous=None`` to ``wandb.init`` even when the user never set it, and wandb
-0.2x answers every run with "The anonymous setting has no effect and will be removed". The
-setting is only passed on when it was given.
+- Lightning hands ``anonymous=None`` to ``wandb.init`` even when the user never set it, and wandb
+  0.2x answers every run with "The anonymous setting has no effect and will be removed". The
+  setting is only passed on when it was given.
+- With ``name: ${name}`` and ``group: ${name}`` the jobs of a seed sweep were indistinguishable
+  runs in one group of every sweep ever run of that experiment. Inside a Hydra job the run is named
+  ``<name> <the job's command-line overrides>`` (``hat_pmnist seed=2``), and the jobs of a
+  multirun are grouped by their sweep (``<name> <sweep folder>``), so that one sweep is one group.
+  Outside Hydra (a notebook) the configured name and group stay as they are.
 """
 
 from __future__ import annotations
@@ -11,9 +16,32 @@ from lightning.pytorch.loggers import WandbLogger
 
 
 class QuietWandbLogger(WandbLogger):
-    """``lightning.pytorch.loggers.WandbLogger`` that leaves an unset ``anonymous`` out of ``wandb.init``."""
+    """``lightning.pytorch.loggers.WandbLogger``: no unset ``anonymous`` passed to ``wandb.init``;
+    run name and group from the Hydra job (``job_identity``) unless ``name_from_job=False``."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, name_from_job: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
+        identity = job_identity(self._wandb_init.get("name")) if name_from_job else None
+        if identity is not None:
+            self._wandb_init["name"], group = identity
+            self._name = self._wandb_init["name"]
+            if group is not None:
+                self._wandb_init["group"] = group
+
+
+def job_identity(name: str | None) -> tuple[str, str | None] | None:
+    """``(run name, sweep group or None)`` of the running Hydra job; None outside one."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    job = HydraConfig.get()
+    overrides = [o for o in job.overrides.task if not o.split("=", 1)[0].lstrip("+~").startswith("hydra.")]
+    run_name = " ".join([str(name or job.job.name), *overrides])
+    group = f"{name or job.job.name} {job.sweep.dir}" if job.mode == RunMode.MULTIRUN else None
+    return run_name, group
