@@ -15,6 +15,7 @@ the folder it created for it, so that a refused run leaves no folder behind.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -42,20 +43,26 @@ def write_hydra_record(task_cfg: DictConfig, output_dir: Path) -> None:
 
 
 def remove_fresh_traces() -> None:
-    """After a refusal: remove the job's log file if nothing was written to it, then its folder if
-    that left it empty. A folder holding anything else (an earlier run) is left as it was."""
+    """After a refusal: remove the folder Hydra made for it, when it holds nothing but the job's
+    empty log file. A folder holding anything else (an earlier run, a run in progress) is left as it was."""
     hydra_cfg = _hydra_config()
     if hydra_cfg is None:
         return
     output_dir = Path(hydra_cfg.runtime.output_dir)
     log_file = output_dir / f"{hydra_cfg.job.name}.log"
-    if log_file.is_file() and log_file.stat().st_size == 0:
+    try:
+        fresh = [entry.name for entry in os.scandir(output_dir)] == [log_file.name]
+    except OSError:
+        return
+    # Only a folder holding nothing but an empty log is this run's own: in a folder in use by
+    # another run (refused by its lock) the empty log may be the holder's, still open.
+    if fresh and log_file.is_file() and log_file.stat().st_size == 0:
         _close_handlers_of(log_file)
         log_file.unlink()
-    try:
-        output_dir.rmdir()  # only succeeds when empty
-    except OSError:
-        pass
+        try:
+            output_dir.rmdir()
+        except OSError:
+            pass
 
 
 def _close_handlers_of(path: Path) -> None:

@@ -109,9 +109,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             results = checkpoint.restore(saved, algorithm, untrained, callbacks)
             if is_first_process():
                 log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
-            for logger in run.loggers:  # what the killed run logged of the task it did not finish
-                if isinstance(logger, CSVLogger):
-                    drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
+                for logger in run.loggers:  # what the killed run logged of the task it did not finish
+                    if isinstance(logger, CSVLogger):
+                        drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
         else:
             resume.clear_previous_run(output_dir)
         if is_first_process():  # the other ranks of a DDP run write nothing here
