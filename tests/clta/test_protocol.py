@@ -21,7 +21,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -105,6 +105,8 @@ def test_results_have_every_mode_and_method_with_accuracies_in_0_1(small_run):
     output_dir, results = small_run
     assert list(results["tasks"]) == ["rot90", "rot180"]
     assert set(results["modes"]) == set(MODES)
+    # what ran, beside its results, as clrun writes it
+    assert OmegaConf.load(output_dir / "config.yaml").modes == results["config"]["modes"]
     for mode, outcome in results["modes"].items():
         assert set(outcome["addition"]) == set(METHODS), mode
         assert {"atlas", "negation", "single_task"} <= set(outcome)

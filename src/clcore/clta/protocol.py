@@ -377,6 +377,8 @@ def run_protocol(cfg: DictConfig, log=print) -> dict:
         pretrained.release_text_tower()
     encoder = pretrained.encoder.to(device).eval().requires_grad_(False)
     timing["setup"] = time.perf_counter() - started
+    # what ran, beside its results (as clrun's config.yaml); written once the data and model are there
+    write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     results: dict = {
         "protocol": "task arithmetic (Ilharco et al. 2023; Ortiz-Jimenez et al. 2023)",

@@ -72,16 +72,24 @@ def write_alpha_sweep(points: Sequence[SweepPoint], csv_path: Path, png_path: Pa
 
     png_path.parent.mkdir(parents=True, exist_ok=True)
     alphas = [point.alpha for point in points]
-    figure, axis = plt.subplots(figsize=(5, 3.5))
-    axis.plot(alphas, [100 * p.average_accuracy for p in points], marker="o", label="absolute")
-    axis.plot(alphas, [100 * p.normalized_accuracy for p in points], marker="s", label="normalised")
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    axis.plot(
+        alphas, [100 * p.average_accuracy for p in points], marker="o", label="absolute: mean task accuracy"
+    )
+    # the definition on the figure: it is a ratio, so it exceeds 100% where merging beats a task's own vector
+    axis.plot(
+        alphas,
+        [100 * p.normalized_accuracy for p in points],
+        marker="s",
+        label="normalised: mean of accuracy / own task vector's\n(above 100%: better than the task alone)",
+    )
     best = max(points, key=lambda p: p.average_accuracy)
     axis.axvline(best.alpha, color="grey", linestyle=":", label=f"best alpha {best.alpha:g}")
     axis.set_xlabel("alpha (coefficient per task vector for ta)")
     axis.set_ylabel("merged-model accuracy (%)")
     axis.set_title(title or "TAK alpha sweep")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(png_path, dpi=120)
     plt.close(figure)
