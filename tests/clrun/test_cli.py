@@ -144,3 +144,24 @@ def test_the_validation_grid_of_docs_sweeps_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     aggregate = (tmp_path / "sweep" / "aggregate.csv").read_text().splitlines()
     assert len(aggregate) == 3 and all("benchmark.eval_split=val" in row for row in aggregate[1:])
+
+
+def test_a_clean_run_prints_progress_matrix_and_results_and_no_library_noise(tmp_path):
+    """Every logger on (CSV, TensorBoard, wandb offline): no warnings, deprecations or wandb console lines."""
+    home = {
+        name: str(tmp_path / "wandb_home")
+        for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+    }
+    done = subprocess.run(
+        [CLRUN, "benchmark.num_tasks=2", "logger=many", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **home},
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for noise in ("Warning", "warning", "deprecated", "wandb:", "Tip:", "GPU available"):
+        assert noise not in output, (noise, output)
+    for expected in ("Task 2/2 · epoch 1/1", "accuracy R[i, j] (%)", "average accuracy", "results in"):
+        assert expected in output, (expected, output)
