@@ -190,3 +190,14 @@ class TinyLoader:
         return ImageData(
             self.name, images, labels, images.clone(), labels.clone(), self.num_classes, (0.5,), (0.3,)
         )
+
+
+class RunsCode:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint or cache would do.
+    ``marker`` absolute, so that a payload run in a subprocess shows in the test's folder."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)

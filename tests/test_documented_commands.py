@@ -60,7 +60,7 @@ EXPECTED_REFUSALS = {
     # a user's own package: the placeholder in the README is named as not importable
     "clrun +callbacks.mine._target_=my_package.MyCallback": "cannot be imported",
     # ViT-B/16 weights from the internet
-    "clrun experiment=tak_split_cifar100_clip benchmark.root=data": "",
+    "clrun experiment=tak_split_cifar100_clip benchmark.root=data": "Pretrained weights for open_clip model 'ViT-B-16'",
     # the eight CLIP data sets are not here: every missing folder is named
     "clta experiment=vit_b32_8tasks data_root=/path/to/data": "missing under",
     # needs experiments/tak_small/pretrain.py first (the README chains it with &&)

@@ -27,6 +27,7 @@ from clcore.clta import protocol
 from clcore.clta.task_data import TaskData
 from clcore.utils import atomic
 from clcore.utils.atomic import DiskFullError, remove_stale_temporaries
+from tests.helpers import RunsCode
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -274,14 +275,6 @@ def test_a_symlink_to_a_checkpoint_is_read(tmp_path):
     link.parent.mkdir()
     link.symlink_to(real)
     assert read_checkpoint(link)["config_hash"] == "x"
-
-
-class RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")

@@ -7,7 +7,6 @@ must leave the output folder exactly as it was (no config.yaml, checkpoint or re
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,19 +26,10 @@ from clcore.clrun.checks import ConfigError, preflight
 from clcore.clrun.construction import build
 from clcore.clrun.task_loop import run_sequence
 from clcore.heads import HeadsCIL, HeadsTIL
+from tests.helpers import RunsCode
 
 # torch notes that the malicious pickles use a newer pickle protocol than its own files.
 pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-
-
-class RunsCode:
-    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
 
 
 # ---- files a case places in the output folder before the run -----------------------------------

@@ -28,7 +28,7 @@ from clcore.clrun.checkpoint import (
 from clcore.clrun.task_loop import run_sequence, write_results
 from clcore.metrics.results import ContinualResults
 from clcore.utils import atomic
-from tests.helpers import FailInTask, PoisonWeights
+from tests.helpers import FailInTask, PoisonWeights, RunsCode
 
 REPO = Path(__file__).resolve().parents[2]
 CLRUN = str(Path(sys.executable).with_name("clrun"))
@@ -291,14 +291,6 @@ def test_diverging_learning_rate_is_stopped(make_config, algorithm):
 
 
 # ---- safe loading ------------------------------------------------------------------------------
-class RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("write", ["pickle", "torch.save"])
 def test_malicious_checkpoint_is_refused_not_executed(tmp_path, write):

@@ -273,11 +273,6 @@ def test_full_error_shows_the_traceback_when_asked(tmp_path):
 
 
 # ---- files planted in a run's folder --------------------------------------------------------------
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch /tmp/clcore_payload_ran",))
-
-
 def _plant_fifo(checkpoint: Path) -> None:
     checkpoint.unlink()
     os.mkfifo(checkpoint)
@@ -286,7 +281,9 @@ def _plant_fifo(checkpoint: Path) -> None:
 def _plant_pickle(checkpoint: Path) -> None:
     import pickle
 
-    checkpoint.write_bytes(pickle.dumps({"state_dict": _RunsCode()}))
+    from tests.helpers import RunsCode
+
+    checkpoint.write_bytes(pickle.dumps({"state_dict": RunsCode(checkpoint.parent.parent / "payload_ran")}))
 
 
 @pytest.mark.parametrize(
@@ -308,5 +305,5 @@ def test_a_file_planted_as_the_last_checkpoint_is_refused_quickly_unread_and_kep
     assert refused.returncode == 1 and said in refused.stderr, refused.stderr
     assert "weights_only=False" not in refused.stderr and "Traceback" not in refused.stderr
     assert time.monotonic() - started < 60, "start-up hung on the planted file"
-    assert not Path("/tmp/clcore_payload_ran").exists()
+    assert not (out / "payload_ran").exists()
     assert _tree(out) == before

@@ -38,7 +38,7 @@ from clcore.benchmarks.base import CLBenchmark
 from clcore.benchmarks.errors import DataNotFoundError
 from clcore.benchmarks.sources import load_source
 from clcore.clrun import resume
-from clcore.clrun.construction import construction_problems
+from clcore.clrun.construction import bare_trainer_problems, optimizer_problems
 from clcore.config_rules import ConfigError, is_int, is_number, raise_if_problems
 from clcore.config_types import accepted_options as _accepted_options
 from clcore.config_types import option_type_problems, problems_with_types_first, run_option_problems
@@ -67,6 +67,7 @@ class RunPlan:
     benchmark: CLBenchmark
     resume_from: Path | None
     config_hash: str
+    data_fingerprint: str | None = None
 
 
 def preflight(cfg: DictConfig) -> RunPlan:
@@ -83,11 +84,9 @@ def preflight(cfg: DictConfig) -> RunPlan:
     problems += _trainer_problems(plain) + _monitor_problems(plain, located)
     # Groups with a problem already (``<group>.<key>...``) are not constructed: one message per fault.
     flawed = frozenset(
-        group
-        for group in ("optimizer", "lr_scheduler", "trainer")
-        if any(p.startswith(f"{group}.") for p in problems)
+        g for g in ("optimizer", "lr_scheduler", "trainer") if any(p.startswith(f"{g}.") for p in problems)
     )
-    problems += construction_problems(cfg, skip=flawed)
+    problems += optimizer_problems(cfg, skip=flawed)
     # Last, as they read the data set: missing files are named whatever else is wrong.
     data_problems = _data_file_problems(_options(plain, "benchmark"))
     problems += data_problems
@@ -99,8 +98,15 @@ def preflight(cfg: DictConfig) -> RunPlan:
     fingerprint = benchmark.data_fingerprint() if benchmark is not None else None
     resume_from, resume_problems = _resume_plan(cfg, fingerprint)
     problems += resume_problems
+    if problems and "trainer" not in flawed:  # alone, build_run meets a Trainer refusal just the same
+        problems += bare_trainer_problems(cfg)
     raise_if_problems(problems)
-    return RunPlan(benchmark=benchmark, resume_from=resume_from, config_hash=resume.config_hash(cfg))
+    return RunPlan(
+        benchmark=benchmark,
+        resume_from=resume_from,
+        config_hash=resume.config_hash(cfg),
+        data_fingerprint=fingerprint,
+    )
 
 
 # ---- targets: importable, and of the right base class -------------------------------------------

@@ -110,13 +110,12 @@ def _trainer_factory(cfg, benchmark, callbacks, loggers, output_dir) -> Callable
     )
 
 
-def construction_problems(cfg: DictConfig, skip: frozenset[str] = frozenset()) -> list[str]:
-    """What constructing the optimiser, the scheduler and a bare Trainer refuses, found before the
-    data is read and without the model: the pre-flight check reports these with the config's
-    other problems. The optimiser and scheduler are tried on one stand-in parameter, so their
-    own checks (``betas``, ``eps``, a scheduler's ``factor``) run now without drawing random numbers;
-    the Trainer without callbacks or loggers. ``skip``: groups (``optimizer``, ``lr_scheduler``,
-    ``trainer``) whose options are already known to be wrong, so not tried (one message per fault)."""
+def optimizer_problems(cfg: DictConfig, skip: frozenset[str] = frozenset()) -> list[str]:
+    """What constructing the optimiser and the scheduler refuses, found before the data is read and
+    without the model: they are tried on one stand-in parameter, so their own checks (``betas``,
+    ``eps``, a scheduler's ``factor``) run now without drawing random numbers, instead of when the
+    first task starts training. ``skip``: ``optimizer`` / ``lr_scheduler`` when their options are
+    already known to be wrong (one message per fault)."""
     problems: list[str] = []
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = None
@@ -134,15 +133,22 @@ def construction_problems(cfg: DictConfig, skip: frozenset[str] = frozenset()) -
             problems,
             lambda: instantiate(cfg.lr_scheduler)(optimizer=stand_in),
         )
-    if "trainer" not in skip:
-        bare = {
-            "logger": False,
-            "callbacks": [],
-            "enable_checkpointing": False,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        }
-        _built("trainer", problems, lambda: instantiate(cfg.trainer, **bare))
+    return problems
+
+
+def bare_trainer_problems(cfg: DictConfig) -> list[str]:
+    """What ``Trainer(...)`` refuses (``accelerator=gpu`` without one, a bad ``precision``), built
+    without callbacks or loggers. The pre-flight check tries it only beside other problems, to list
+    them all at once; alone, ``build_run`` meets the same refusal building the run's own Trainer."""
+    bare = {
+        "logger": False,
+        "callbacks": [],
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    problems: list[str] = []
+    _built("trainer", problems, lambda: instantiate(cfg.trainer, **bare))
     return problems
 
 

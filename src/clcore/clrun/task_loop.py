@@ -98,7 +98,7 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     run = build_run(cfg, benchmark, str(output_dir), extra_callbacks)
     algorithm, callbacks = run.algorithm, run.callbacks
     untrained = _copy_for_zero_shot(algorithm) if cfg.eval.zero_shot else None
-    fingerprint = benchmark.data_fingerprint()
+    fingerprint = plan.data_fingerprint
     with output_folder_lock(output_dir):
         # Decided again under the lock: a run that held the folder may have finished meanwhile.
         resume_from = resume.checked_resume_plan(cfg, fingerprint)
