@@ -28,7 +28,7 @@ format:
 run:  ## the offline default experiment (override with ARGS="experiment=hat_pmnist ...")
 	$(BIN)/clrun $(ARGS)
 
-docs:  ## documentation site into site/
+docs:  ## documentation site into site/ (equations typeset by the MathJax that the docs extra installs: no CDN)
 	$(BIN)/mkdocs build --strict
 
 bench:  ## the clrun commands as users type them: each default's cost, a hand-written loop, start-up (experiments/benchmarks/, ~30 min)

@@ -7,15 +7,22 @@ time, so they cannot go stale.
 - ``<!-- experiments -->`` becomes a list of the experiments, and every
   ``experiments/<name>/README.md`` becomes the page ``experiments/<name>/`` together with the
   files next to it (plots, tables), so its relative links and images work. Links that leave the
-  experiment's folder (to code, say) are shown as code spans: the site has no such page.
+  experiment's folder (to code, say) are shown as code spans: the site has no such page;
+- each experiment page is added to the navigation, in the section that holds ``experiments.md``;
+- MathJax, which typesets the equations (``pymdownx.arithmatex``), is copied into the site from the
+  installed ``django-static-mathjax`` package (the ``docs`` extra), so the site shows equations
+  without a network: nothing is fetched from a CDN when a page is read, and no JavaScript is kept
+  in git.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import posixpath
 import re
 from pathlib import Path
 
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,6 +30,9 @@ CONFIGS = ROOT / "src" / "clcore" / "configs"
 EXPERIMENTS = ROOT / "experiments"
 MAX_COPIED_BYTES = 5_000_000  # figures and tables, not checkpoints
 LINK = re.compile(r"(!?\[[^\]]*\])\(([^)\s]+)\)")
+# where mkdocs.yml's extra_javascript expects MathJax: tex-chtml.js, and what it loads on demand
+MATHJAX_URI = "javascripts/mathjax"
+MATHJAX_PARTS = ("tex-chtml.js", "input", "output/chtml", "ui", "a11y", "sre")
 
 
 def _description(path: Path) -> str:
@@ -85,7 +95,54 @@ def experiments_list() -> str:
     return "\n".join(f"- [{_title(r)}](experiments/{r.parent.name}/index.md)" for r in readmes)
 
 
+def mathjax_root() -> Path:
+    """MathJax 3's browser build (``es5/``) as installed by ``django-static-mathjax``: a wheel on
+    PyPI that ships the MathJax distribution and needs nothing else (not even Django)."""
+    spec = importlib.util.find_spec("mathjax")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            es5 = Path(location) / "static" / "mathjax" / "es5"
+            if (es5 / "tex-chtml.js").is_file():
+                return es5
+    raise PluginError(
+        "MathJax is not installed: the docs typeset their equations with the copy that the "
+        "'django-static-mathjax' package ships (`make install`, or `pip install -e .[docs]`)."
+    )
+
+
+def _nav_experiments(nav: list) -> bool:
+    """Add every experiment page to the nav section that holds ``experiments.md``."""
+    for index, item in enumerate(nav):
+        entries = item.values() if isinstance(item, dict) else [item]
+        for entry in entries:
+            if isinstance(entry, list) and _nav_experiments(entry):
+                return True
+            if entry == "experiments.md":
+                listed = {str(value) for other in nav if isinstance(other, dict) for value in other.values()}
+                nav[index + 1 : index + 1] = [
+                    {_title(r).split(":")[0].rstrip("?"): uri}
+                    for r in _experiment_readmes()
+                    if (uri := f"experiments/{r.parent.name}/index.md") not in listed
+                ]
+                return True
+    return False
+
+
+def on_config(config):
+    if config["nav"] and not _nav_experiments(config["nav"]):
+        raise PluginError("mkdocs.yml: no nav entry is experiments.md, so the experiment pages have no place")
+    return config
+
+
 def on_files(files, config):
+    es5 = mathjax_root()
+    mathjax = [es5.parents[0] / "LICENSE"]
+    for part in MATHJAX_PARTS:
+        path = es5 / part
+        mathjax += sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for path in mathjax:
+        relative = path.relative_to(es5) if es5 in path.parents else Path(path.name)
+        files.append(File.generated(config, f"{MATHJAX_URI}/{relative.as_posix()}", abs_src_path=str(path)))
     for readme in _experiment_readmes():
         folder = readme.parent
         for path in sorted(folder.rglob("*")):

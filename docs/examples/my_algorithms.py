@@ -3,6 +3,7 @@
 import torch
 
 from clcore.algorithms import CLAlgorithm
+from clcore.metrics.names import task_metric
 
 
 class L2Anchor(CLAlgorithm):
@@ -33,7 +34,7 @@ class L2Anchor(CLAlgorithm):
             drift = sum(((p - a) ** 2).sum() for p, a in zip(self.backbone.parameters(), self.anchor))
             loss = loss + self.strength * drift
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False)
         return loss
 
     # the anchor lives outside state_dict(): a resumed run gets it back from the checkpoint

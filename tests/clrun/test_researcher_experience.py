@@ -21,20 +21,19 @@ pytestmark = pytest.mark.slow
 CLRUN = str(Path(sys.executable).with_name("clrun"))
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["benchmark.num_tasks=2", "trainer.max_epochs=1"]
-# what every logger must receive, named by task (1-based)
+# what every logger must receive: the quantity, then the task (1-based)
 EXPECTED_KEYS = {
-    "task_1/train/loss",
-    "task_2/train/loss",
-    "task_1/val/loss",
-    "task_2/val/acc",
-    "task_1/test/acc",
-    "task_2/test/acc",
-    "acc_matrix/after_task_1/task_1",
-    "acc_matrix/after_task_2/task_1",
-    "acc_matrix/after_task_2/task_2",
-    "average_accuracy",
-    "bwt",
+    "train/loss/task_1",
+    "train/loss/task_2",
+    "val/loss/task_1",
+    "val/acc/task_2",
+    "test/acc/task_1",
+    "test/acc/task_2",
+    "test/average_accuracy",
+    "test/bwt",
 }
+# TensorBoard: each task's metrics in a run folder of the task, under the quantity's name
+EXPECTED_PER_TASK_TAGS = {"train/loss", "val/loss", "val/acc", "test/acc"}
 
 
 def subprocess_env(home: Path, **extra):
@@ -83,16 +82,20 @@ def test_csv_tensorboard_and_wandb_get_task_structured_metrics(make_config, tmp_
         rows = list(csv.DictReader(stream))
     assert EXPECTED_KEYS <= set(rows[0]), EXPECTED_KEYS - set(rows[0])
     assert "val/loss" not in rows[0]  # the monitor's name stays out of the loggers
+    assert not any(name.startswith("acc_matrix") for name in rows[0])  # a table, not T(T+1)/2 scalars
     # the last task's summary reached the file although its Trainer had finished
-    (last,) = [r for r in rows if r["acc_matrix/after_task_2/task_2"]]
-    assert float(last["average_accuracy"]) == pytest.approx(final["average_accuracy"])
-    assert float(last["bwt"]) == pytest.approx(final["bwt"])
+    (last,) = [r for r in rows if r["test/acc/task_2"]]
+    assert float(last["test/average_accuracy"]) == pytest.approx(final["average_accuracy"])
+    assert float(last["test/bwt"]) == pytest.approx(final["bwt"])
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out / "logs" / "tensorboard")).Reload()
-    assert EXPECTED_KEYS <= set(events.Tags()["scalars"]), EXPECTED_KEYS - set(events.Tags()["scalars"])
-    assert events.Scalars("average_accuracy")[-1].value == pytest.approx(final["average_accuracy"])
+    board = out / "logs" / "tensorboard"
+    events = EventAccumulator(str(board)).Reload()
+    assert events.Scalars("test/average_accuracy")[-1].value == pytest.approx(final["average_accuracy"])
+    for task in (1, 2):
+        tags = set(EventAccumulator(str(board / f"task_{task}")).Reload().Tags()["scalars"])
+        assert EXPECTED_PER_TASK_TAGS <= tags, (task, EXPECTED_PER_TASK_TAGS - tags)
 
     (run_dir,) = (out / "wandb").glob("offline-run-*")
     (log_file,) = run_dir.glob("run-*.wandb")
@@ -102,7 +105,7 @@ def test_csv_tensorboard_and_wandb_get_task_structured_metrics(make_config, tmp_
             for item in record.history.item:
                 history[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     assert EXPECTED_KEYS <= set(history), EXPECTED_KEYS - set(history)
-    assert history["average_accuracy"] == pytest.approx(final["average_accuracy"])
+    assert history["test/average_accuracy"] == pytest.approx(final["average_accuracy"])
     # the run's config, for filtering runs in the W&B interface (and in TensorBoard / hparams.yaml)
     config = {}
     for record in read_wandb_records(log_file):
@@ -140,16 +143,17 @@ def test_default_callbacks_show_tasks_and_draw_learning_curves(make_config, tmp_
     with open(out / "logs" / "metrics.csv") as stream:
         logged = list(csv.DictReader(stream))
     for task in (1, 2):
-        key = f"task_{task}/train/loss"
+        key = f"train/loss/task_{task}"
         from_logger = [(int(r["step"]), float(r[key])) for r in logged if r.get(key)]
         from_curves = [
-            (int(r["step"]), float(r["value"]))
+            (int(r["sequence_step"]), float(r["value"]))
             for r in curves
             if r["task"] == str(task) and r["metric"] == "train/loss"
         ]
         # the steps and values the loggers wrote, plus the task's first step (where the curve starts)
         curve = dict(from_curves)
-        assert len(from_logger) > 2 and set(curve) == {0} | {step for step, _ in from_logger}, task
+        first = min(curve)
+        assert len(from_logger) > 2 and set(curve) == {first} | {step for step, _ in from_logger}, task
         assert [curve[step] for step, _ in from_logger] == pytest.approx([v for _, v in from_logger]), task
         assert {r["metric"] for r in curves if r["task"] == str(task)} >= {
             "train/loss",
@@ -348,7 +352,7 @@ def test_every_task_logs_its_training_loss_even_when_shorter_than_the_logging_st
     with open(Path(cfg.paths.output_dir) / "logs" / "metrics.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     for task in range(1, 6):
-        logged = [r for r in rows if r.get(f"task_{task}/train/loss")]
+        logged = [r for r in rows if r.get(f"train/loss/task_{task}")]
         assert len(logged) >= 4, (task, len(logged))
 
 

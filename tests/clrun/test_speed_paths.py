@@ -91,17 +91,24 @@ def test_batch_transfer_moves_both_tensors_and_keeps_the_task_id(make_config):
 
 @pytest.mark.slow
 def test_test_accuracy_curves_are_the_accuracy_matrix_columns(make_config, tmp_path):
-    # zero-shot tests run the untrained model too: they must not reach task_<j>/test/acc
+    # zero-shot tests run the untrained model too: they must not reach test/acc/task_<j>
     cfg = make_config("benchmark.num_tasks=3", "trainer.max_epochs=1", "logger=csv", "eval.zero_shot=true")
     results = run_sequence(cfg)
     with open(tmp_path / "run" / "logs" / "metrics.csv") as stream:
         rows = list(csv.DictReader(stream))
     for j in range(3):
         curve = [
-            (int(r["step"]), float(r[f"task_{j + 1}/test/acc"])) for r in rows if r[f"task_{j + 1}/test/acc"]
+            (int(r["step"]), float(r[f"test/acc/task_{j + 1}"])) for r in rows if r[f"test/acc/task_{j + 1}"]
         ]
-        # one point per task done since task j, at step = tasks done, equal to R[t, j]
-        expected = [(t + 1, pytest.approx(float(results.acc_matrix[t, j]))) for t in range(j, 3)]
+        # one point per task done since task j, equal to R[t, j], at the step after task t's last
+        # training step, which its checkpoint records for a resumed run to continue from
+        task_end_steps = [
+            torch.load(tmp_path / "run" / "checkpoints" / f"task_{t + 1}.ckpt", weights_only=True)[
+                "logging_step"
+            ]
+            for t in range(3)
+        ]
+        expected = [(task_end_steps[t], pytest.approx(float(results.acc_matrix[t, j]))) for t in range(j, 3)]
         assert curve == expected
 
 

@@ -35,7 +35,7 @@ def test_default_run_writes_every_result_file(make_config, tmp_path):
     checkpoint = torch.load(out / "checkpoints" / "task_3.ckpt", weights_only=True)
     assert checkpoint["task_id"] == 2 and "backbone.layers.1.weight" in checkpoint["state_dict"]
     logged = (out / "logs" / "metrics.csv").read_text().splitlines()[0]
-    assert "task_1/train/loss" in logged and "task_3/test/acc" in logged and "average_accuracy" in logged
+    assert "train/loss/task_1" in logged and "test/acc/task_3" in logged and "test/average_accuracy" in logged
 
 
 def test_finetuning_forgets_on_permuted_digits(make_config):

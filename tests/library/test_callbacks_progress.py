@@ -72,11 +72,11 @@ def test_terminal_bars_name_task_epoch_phase_and_metrics(make_config):
         "Task 1/3 · testing task 1",
         "Task 3/3 · testing task 2",
         "Task 3/3 · testing task 3",
-        "train/loss ",  # the task's prefix cut from task_1/train/loss
+        "train/loss ",  # the task cut from train/loss/task_1
         "val/acc ",
     ):
         assert text in drawn, text
-    assert "task_1/train/loss" not in drawn
+    assert "train/loss/task_1" not in drawn
 
 
 def test_stopping_the_bars_costs_nothing_per_task(bar_on_and_off):

@@ -15,6 +15,8 @@ from clcore.backbones.base import CLBackbone
 from clcore.config_rules import raise_if_problems
 from clcore.heads.base import CLHeads
 from clcore.lightning_speed import per_step_attributes
+from clcore.loggers.sequence_step import is_logged_step
+from clcore.metrics.names import task_metric
 from clcore.metrics.task_accuracy import TaskAccuracy
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -228,7 +230,7 @@ class CLAlgorithm(LightningModule):
         x, labels, task_id = batch
         loss = self.loss(self(x, task_id), self.heads.targets(labels, task_id))
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def is_logging_step(self, batch_idx: int) -> bool:
@@ -242,7 +244,7 @@ class CLAlgorithm(LightningModule):
             return True
         if batch_idx == 0:
             self._log_at_least_a_few_times_per_epoch(trainer)
-        return (self.global_step + 1) % trainer.log_every_n_steps == 0 or batch_idx == 0
+        return is_logged_step(trainer, batch_idx)
 
     def _log_at_least_a_few_times_per_epoch(self, trainer) -> None:
         """Shortens the Trainer's logging stride for a task whose epoch is shorter than it: with
@@ -300,11 +302,11 @@ class CLAlgorithm(LightningModule):
         batch_size = labels.shape[0]
         loss = self.loss(logits, targets)
         accuracy = (logits.argmax(-1) == targets).float().mean()
-        # Loggers get one curve per task (``task_3/val/loss``), like the training loss. The plain
+        # Loggers get one curve per task (``val/loss/task_3``), like the training loss. The plain
         # ``val/loss`` / ``val/acc`` stay out of the loggers but in ``callback_metrics``, under one
         # name for every task, for ``lr_scheduler_monitor``, early stopping and the progress bar.
-        self.log(f"task_{task_id + 1}/val/loss", loss, batch_size=batch_size, sync_dist=True)
-        self.log(f"task_{task_id + 1}/val/acc", accuracy, batch_size=batch_size, sync_dist=True)
+        self.log(task_metric("val/loss", task_id), loss, batch_size=batch_size, sync_dist=True)
+        self.log(task_metric("val/acc", task_id), accuracy, batch_size=batch_size, sync_dist=True)
         self.log("val/loss", loss, batch_size=batch_size, sync_dist=True, logger=False)
         self.log("val/acc", accuracy, batch_size=batch_size, sync_dist=True, prog_bar=True, logger=False)
 

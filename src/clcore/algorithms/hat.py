@@ -35,6 +35,7 @@ from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFacto
 from clcore.backbones.hat_mask import EMBEDDING_INIT_MODES, EmbeddingInit, HATMaskBackbone, units_used
 from clcore.config_rules import choice_problem, is_number, raise_if_problems
 from clcore.heads.base import CLHeads
+from clcore.metrics.names import task_metric
 
 # The choices as annotations (the pre-flight check reads them) and as tuples (the code's own checks).
 AdjustmentMode = Literal["hat", "hat_random", "hat_const_alpha", "hat_const_1"]
@@ -328,8 +329,10 @@ class HAT(CLAlgorithm):
         self.clamp_embeddings(task_id)
 
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log(f"task_{task_id + 1}/train/mask_sparsity_reg", regulariser, on_step=True, on_epoch=False)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(
+                task_metric("train/mask_sparsity_reg", task_id), regulariser, on_step=True, on_epoch=False
+            )
         # returned for the base class's non-finite loss check (on_train_batch_end)
         return loss
 

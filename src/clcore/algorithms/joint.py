@@ -9,6 +9,7 @@ from clcore.algorithms.random_network import train_nothing
 from clcore.backbones.base import CLBackbone
 from clcore.benchmarks.base import CLBenchmark
 from clcore.heads.base import CLHeads
+from clcore.metrics.names import task_metric
 
 
 class Joint(CLAlgorithm):
@@ -96,7 +97,9 @@ class Joint(CLAlgorithm):
             return super().training_step(batch, batch_idx)
         loss, _ = self.per_task_loss(self.backbone(x), labels, task_ids)
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{self.task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(
+                task_metric("train/loss", self.task_id), loss, on_step=True, on_epoch=False, prog_bar=True
+            )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -106,7 +109,7 @@ class Joint(CLAlgorithm):
         loss, accuracy = self.per_task_loss(self.backbone(x), labels, task_ids)
         # As CLAlgorithm logs them, under the task being learned (here: the union up to it).
         batch_size = labels.shape[0]
-        self.log(f"task_{self.task_id + 1}/val/loss", loss, batch_size=batch_size, sync_dist=True)
-        self.log(f"task_{self.task_id + 1}/val/acc", accuracy, batch_size=batch_size, sync_dist=True)
+        self.log(task_metric("val/loss", self.task_id), loss, batch_size=batch_size, sync_dist=True)
+        self.log(task_metric("val/acc", self.task_id), accuracy, batch_size=batch_size, sync_dist=True)
         self.log("val/loss", loss, batch_size=batch_size, sync_dist=True, logger=False)
         self.log("val/acc", accuracy, batch_size=batch_size, sync_dist=True, prog_bar=True, logger=False)

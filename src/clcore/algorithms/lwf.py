@@ -12,6 +12,7 @@ from clcore.backbones.base import CLBackbone
 from clcore.components.distillation import distillation_loss
 from clcore.config_rules import is_number
 from clcore.heads.base import CLHeads
+from clcore.metrics.names import task_metric
 
 
 def old_task_logits(heads: CLHeads, features: Tensor, num_old_tasks: int) -> list[Tensor]:
@@ -131,7 +132,9 @@ class LwF(CLAlgorithm):
             )
             loss = loss + self.distillation_lambda * distillation
             if self.is_logging_step(batch_idx):
-                self.log(f"task_{task_id + 1}/train/distillation", distillation, on_step=True, on_epoch=False)
+                self.log(
+                    task_metric("train/distillation", task_id), distillation, on_step=True, on_epoch=False
+                )
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss

@@ -12,10 +12,12 @@ from torch import Tensor
 
 from clcore.callbacks.base import CLCallback
 from clcore.callbacks.figures import run_caption
+from clcore.loggers.sequence_step import is_logged_step, logging_step
+from clcore.metrics.names import split_task_metric
 
 
 class LearningCurves(CLCallback):
-    """Collects what the algorithm logs under ``task_<t>/train/*`` and ``task_<t>/val/*`` and
+    """Collects what the algorithm logs under ``train/*/task_<t>`` and ``val/*/task_<t>`` and
     writes ``results/learning_curves.csv`` after every task and ``plots/learning_curves.png``.
 
     The training loss is the step's own loss (``outputs`` of ``training_step``, for automatic
@@ -27,8 +29,9 @@ class LearningCurves(CLCallback):
     logged step, not per step. ``every_n_steps`` samples on other steps instead (then only the
     training loss is sure to be the step's own).
 
-    The x axis is the training step counted over the whole sequence, so the tasks' curves sit
-    side by side. The curves are part of each task's checkpoint, so a resumed run keeps those of
+    The x axis (``sequence_step``) is the loggers' sequence-wide step
+    (``clcore.loggers.sequence_step``), so the tasks' curves sit side by side and every point is
+    where the loggers have it; ``step`` is the training batch within its task. The curves are part of each task's checkpoint, so a resumed run keeps those of
     the tasks it does not train again.
     ``plot=False`` (the run's ``plots`` setting, off by default for speed) writes the CSV only.
     """
@@ -45,54 +48,45 @@ class LearningCurves(CLCallback):
         self.every_task = every_task
         self.plot = plot
         self.rows: list[dict] = []  # {"task", "step", "sequence_step", "metric", "value"}
-        self._steps_before_task = 0  # training batches of the earlier tasks
         self._batches_in_task = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._batches_in_task = 0
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._steps_before_task += self._batches_in_task
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        # step = 0-based training batch of this task, the step Lightning's loggers write
-        step = self._batches_in_task
+        step = self._batches_in_task  # 0-based training batch of this task
         self._batches_in_task += 1
-        every = self.every_n_steps or trainer.log_every_n_steps
-        if not trainer.is_global_zero or not ((step + 1) % every == 0 or batch_idx == 0):
+        if self.every_n_steps:
+            sampled = (step + 1) % self.every_n_steps == 0 or batch_idx == 0
+        else:  # the steps the loggers write, and where each epoch's curve starts
+            sampled = is_logged_step(trainer, batch_idx)
+        if not trainer.is_global_zero or not sampled:
             return
         task = pl_module.task_id + 1
-        prefix = f"task_{task}/train/"
-        values = {
-            "train/" + key[len(prefix) :]: value
-            for key, value in trainer.callback_metrics.items()
-            if key.startswith(prefix)
-        }
+        values = _of_task(trainer.callback_metrics, task, "train/")
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if isinstance(loss, Tensor):
             values["train/loss"] = loss
         for metric, value in values.items():
-            self._record(task, step, metric, value)
+            self._record(task, step, logging_step(trainer), metric, value)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         # after Lightning reduced the epoch's values into callback_metrics (not yet in on_validation_epoch_end)
         if trainer.sanity_checking or not trainer.is_global_zero or self._batches_in_task == 0:
             return
         task = pl_module.task_id + 1
-        prefix = f"task_{task}/val/"
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith(prefix):
-                self._record(task, self._batches_in_task - 1, "val/" + key[len(prefix) :], value)
+        # validation runs inside the epoch's last training batch: its values are logged at that step
+        for metric, value in _of_task(trainer.callback_metrics, task, "val/").items():
+            self._record(task, self._batches_in_task - 1, logging_step(trainer), metric, value)
 
-    def _record(self, task: int, step: int, metric: str, value) -> None:
-        value = float(value)
+    def _record(self, task: int, step: int, sequence_step: int, metric: str, value) -> None:
         self.rows.append(
             {
                 "task": task,
                 "step": step,
-                "sequence_step": self._steps_before_task + step,
+                "sequence_step": sequence_step,
                 "metric": metric,
-                "value": value,
+                "value": float(value),
             }
         )
 
@@ -118,15 +112,11 @@ class LearningCurves(CLCallback):
 
     def state_dict(self) -> dict:
         """The rows as columns of plain numbers and strings (a ``weights_only`` checkpoint holds them)."""
-        return {
-            "columns": {name: [row[name] for row in self.rows] for name in self.COLUMNS},
-            "steps_before_task": self._steps_before_task,
-        }
+        return {"columns": {name: [row[name] for row in self.rows] for name in self.COLUMNS}}
 
     def load_state_dict(self, state: dict) -> None:
         columns = state["columns"]
         self.rows = [dict(zip(self.COLUMNS, values)) for values in zip(*(columns[n] for n in self.COLUMNS))]
-        self._steps_before_task = int(state["steps_before_task"])
 
     def csv(self) -> str:
         buffer = io.StringIO()
@@ -188,6 +178,16 @@ class LearningCurves(CLCallback):
         )
         add_caption(fig, caption, 3.0 * rows)
         return save_png(fig, folder / "learning_curves.png", dpi=110)
+
+
+def _of_task(metrics: Mapping, task: int, split: str) -> dict:
+    """The values of ``split`` (``"train/"``) logged for the 1-based ``task``, by quantity (``train/loss``)."""
+    found = {}
+    for name, value in metrics.items():
+        named = split_task_metric(name)
+        if named is not None and named[1] == task and named[0].startswith(split):
+            found[named[0]] = value
+    return found
 
 
 def _scale(metric: str) -> int:

@@ -55,7 +55,7 @@ class TaskProgressBar(ProgressBar):
     an event, which stopping sets: a stop costs microseconds at any refresh rate.
 
     On a terminal (or in Jupyter) the bars redraw in place: the training bar with the metrics
-    logged with ``prog_bar=True`` (the current task's prefix cut: ``train/loss``), a validation
+    logged with ``prog_bar=True`` (the current task's suffix cut: ``train/loss``), a validation
     bar while validating, a bar per tested task. Anywhere else (a pipe, a log file, SLURM's
     output) nothing is redrawn: one plain line, without escape codes, ends each epoch and each
     test. The metrics are read from the Trainer at most ``refresh_per_second`` times a second,
@@ -127,11 +127,11 @@ class TaskProgressBar(ProgressBar):
         return f"{self._task_prefix()}{tested}"
 
     def get_metrics(self, trainer, pl_module) -> dict[str, Any]:
-        """The ``prog_bar=True`` values, ``task_<t>/`` cut from the current task's names."""
+        """The ``prog_bar=True`` values, ``/task_<t>`` cut from the current task's names."""
         task_id = getattr(pl_module, "task_id", None)
-        prefix = f"task_{task_id + 1}/" if task_id is not None else None
+        suffix = f"/task_{task_id + 1}" if task_id is not None else None
         return {
-            (name[len(prefix) :] if prefix and name.startswith(prefix) else name): value
+            (name[: -len(suffix)] if suffix and name.endswith(suffix) else name): value
             for name, value in trainer.progress_bar_metrics.items()
         }
 

@@ -61,10 +61,13 @@ def save_checkpoint(
     untrained=None,
     callbacks: list | tuple = (),
     data_fingerprint: str | None = None,
+    logging_step: int = 0,
 ) -> Path:
     """Everything needed to continue after task ``task_id`` (0-based), written atomically.
 
     ``data_fingerprint``: the benchmark's (``CLBenchmark.data_fingerprint``), checked on resume.
+    ``logging_step``: the sequence-wide step the task's results were logged at
+    (``clcore.loggers.sequence_step``); a resumed run's loggers continue after it.
     """
     path = checkpoint_path(output_dir, task_id)
     checkpoint = {
@@ -78,6 +81,7 @@ def save_checkpoint(
         "callbacks": [_callback_state(callback) for callback in callbacks],
         "results": results.state_dict(),
         "rng": capture_rng_state(),
+        "logging_step": int(logging_step),
     }
     torch_save_atomic(path, checkpoint)
     return path

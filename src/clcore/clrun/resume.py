@@ -172,7 +172,7 @@ def clear_previous_run(output_dir: Path) -> None:
         )
         if path.is_file()
     ]
-    stale += sorted((output_dir / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    stale += sorted((output_dir / "logs" / "tensorboard").rglob("events.out.tfevents.*"))  # task_<t>/ too
     if stale and is_first_process():  # said once, not once per process of a DDP run
         log.warning(
             "starting over in %s: removing %d file(s) of the previous run (%s)",

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from lightning import Trainer, seed_everything
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from clcore.algorithms.base import CLAlgorithm
@@ -32,7 +31,9 @@ from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import is_first_process, output_folder_lock
 from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
-from clcore.loggers.csv import drop_rows_after_task
+from clcore.loggers.media import log_accuracy_matrix, log_images, run_images
+from clcore.loggers.sequence_step import continue_logging_step, logging_step
+from clcore.metrics.names import task_metric
 from clcore.metrics.results import ContinualResults
 from clcore.utils.atomic import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from clcore.utils.quiet import silence_known_noise
@@ -47,23 +48,25 @@ def write_results(results: ContinualResults, output_dir: Path) -> None:
     write_json_atomic(output_dir / "results" / "summary.json", results.summary())
 
 
-def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int) -> None:
-    """Accuracy-matrix row, average accuracy and BWT to every logger at step = tasks done.
+def _log_task_summary(trainer: Trainer, results: ContinualResults, task_id: int, step: int) -> None:
+    """Row t of R, average accuracy and BWT to every logger, at ``step``: the sequence-wide step
+    after the task's last training step (``clcore.loggers.sequence_step``).
 
-    Row t of R appears twice: ``acc_matrix/after_task_<t>/task_<j>`` (one value per cell) and
-    ``task_<j>/test/acc`` (one curve per task j across the sequence: its forgetting curve).
+    ``test/acc/task_<j>`` is one curve per task j across the sequence (its forgetting curve);
+    the matrix so far is a table where a logger shows tables (``clcore.loggers.media``).
     """
     if not trainer.loggers:
         return
     summary = results.summary()
     row = results.acc_matrix[task_id, : task_id + 1].tolist()
-    metrics = {f"acc_matrix/after_task_{task_id + 1}/task_{j + 1}": acc for j, acc in enumerate(row)}
-    metrics.update({f"task_{j + 1}/test/acc": acc for j, acc in enumerate(row)})
-    metrics["average_accuracy"] = summary["average_accuracy"]
+    metrics = {task_metric("test/acc", j): acc for j, acc in enumerate(row)}
+    metrics["test/average_accuracy"] = summary["average_accuracy"]
     if summary["bwt"] is not None:
-        metrics["bwt"] = summary["bwt"]
+        metrics["test/bwt"] = summary["bwt"]
     for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=task_id + 1)
+        logger.log_metrics(metrics, step=step)
+    log_accuracy_matrix(trainer.loggers, results, step)
+    for logger in trainer.loggers:
         # the Trainer that would save these has finished: write them now (the CSV file, TensorBoard's buffer)
         logger.save()
 
@@ -103,24 +106,33 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         # Decided again under the lock: a run that held the folder may have finished meanwhile.
         resume_from = resume.checked_resume_plan(cfg, fingerprint)
         results = ContinualResults(benchmark.num_tasks)
+        last_step = None  # the sequence-wide logging step of the checkpoint resumed from
         if resume_from is not None:
             # Also restores the RNG states saved after that task: the next task starts as it would have.
             saved = checkpoint.read_checkpoint(resume_from)
             results = checkpoint.restore(saved, algorithm, untrained, callbacks)
+            last_step = int(saved.get("logging_step", 0))
             if is_first_process():
                 log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
-                for logger in run.loggers:  # what the killed run logged of the task it did not finish
-                    if isinstance(logger, CSVLogger):
-                        drop_rows_after_task(Path(logger.log_dir) / "metrics.csv", results.tasks_done)
         else:
             resume.clear_previous_run(output_dir)
+        if is_first_process():
+            # before their first write: a resumed run's loggers drop (CSV), hide (TensorBoard) or
+            # step over (W&B) what the killed run logged after its checkpoint; a fresh one starts anew
+            for logger in run.loggers:
+                continue_after = getattr(logger, "continue_after", None)
+                if callable(continue_after):
+                    continue_after(last_step)
         if is_first_process():  # the other ranks of a DDP run write nothing here
             for folder in (output_dir, output_dir / "results", output_dir / "checkpoints"):
                 remove_stale_temporaries(folder)
             write_text_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
             write_hydra_record(cfg, output_dir)
         try:
-            _run_tasks(cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir)
+            first_step = 0 if last_step is None else last_step + 1
+            _run_tasks(
+                cfg, run, benchmark, untrained, results, plan.config_hash, fingerprint, output_dir, first_step
+            )
         except ConfigError as error:
             # Raised once training started (a rule only a later task meets): not a refusal that left
             # the folder untouched, so not reported as one (``clrun`` writes results/FAILED for it).
@@ -128,8 +140,11 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
     return results
 
 
-def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerprint, output_dir) -> None:
-    """The loop itself: from the first unfinished task to the last, then the end-of-run callbacks."""
+def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerprint, output_dir, step) -> None:
+    """The loop itself: from the first unfinished task to the last, then the end-of-run callbacks.
+
+    ``step``: the sequence-wide logging step the next task's first training batch logs at.
+    """
     algorithm, callbacks = run.algorithm, run.callbacks
     # One Trainer per task; the installed packages' entry points are read for the first only.
     with entry_points_looked_up_once():
@@ -139,11 +154,14 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
             benchmark.setup_task(task_id)
             algorithm.setup_task(task_id, benchmark.num_classes_of(task_id))
             trainer = run.first_trainer if trainer is None else run.new_trainer()
+            continue_logging_step(trainer, step)  # the task's curves follow the previous task's
             if untrained is not None and task_id > 0:
                 # measured, not part of the experiment: the next draws are those of a run without it
                 with preserved_rng_state():
                     _zero_shot_eval(trainer, algorithm, untrained, benchmark, results, task_id)
             trainer.fit(algorithm, datamodule=benchmark)
+            task_end_step = logging_step(trainer)  # one past the task's last logged training step
+            step = task_end_step + 1
             trainer.test(algorithm, datamodule=benchmark, verbose=False)
             results.record_row(task_id, algorithm.last_test_accuracy)
             for name, value in algorithm.on_task_end(task_id).items():
@@ -152,12 +170,20 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
             if trainer.is_global_zero:
                 write_results(results, output_dir)
             with preserved_rng_state():  # loggers and callbacks measure; they never change what follows
-                _log_task_summary(trainer, results, task_id)
+                _log_task_summary(trainer, results, task_id, task_end_step)
                 _call(callbacks, "on_task_end", trainer, algorithm, task_id, results)
             # Last, so the saved RNG state is the one the next task starts from.
             if trainer.is_global_zero and cfg.save_checkpoints:
                 checkpoint.save_checkpoint(
-                    output_dir, task_id, algorithm, results, config_digest, untrained, callbacks, fingerprint
+                    output_dir,
+                    task_id,
+                    algorithm,
+                    results,
+                    config_digest,
+                    untrained,
+                    callbacks,
+                    fingerprint,
+                    logging_step=task_end_step,
                 )
             if trainer.is_global_zero:  # once, not once per process of a DDP run
                 log.info("task %d/%d done: %s", task_id + 1, benchmark.num_tasks, _row_text(results, task_id))
@@ -166,6 +192,10 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
         ):  # resumed after the last task: nothing to train, the end-of-run callbacks still run
             trainer = run.first_trainer
         _call(callbacks, "on_sequence_end", trainer, algorithm, results)
+        if trainer.is_global_zero and trainer.loggers:  # the plots and maps, where a logger shows images
+            log_images(trainer.loggers, run_images(output_dir), step - 1)
+            for logger in trainer.loggers:
+                logger.save()
 
 
 def _row_text(results: ContinualResults, task_id: int) -> str:

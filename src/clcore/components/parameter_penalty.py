@@ -44,6 +44,7 @@ from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFacto
 from clcore.backbones.base import CLBackbone
 from clcore.config_rules import is_int, is_number
 from clcore.heads.base import CLHeads
+from clcore.metrics.names import task_metric
 
 Tensors = dict[str, Tensor]
 
@@ -199,9 +200,9 @@ class ParameterPenaltyAlgorithm(CLAlgorithm):
             penalty = self.penalty(dict(self.named_parameters()))
             loss = task_loss + self.penalty_scale * penalty
             if self.is_logging_step(batch_idx):
-                self.log(f"task_{task_id + 1}/train/penalty", penalty, on_step=True, on_epoch=False)
+                self.log(task_metric("train/penalty", task_id), penalty, on_step=True, on_epoch=False)
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def on_fit_start(self) -> None:

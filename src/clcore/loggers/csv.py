@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger
@@ -41,33 +40,23 @@ class ResumableCSVLogger(CSVLogger):
             self._experiment = _ContinuingWriter(log_dir=self.log_dir)
         return self._experiment
 
+    def continue_after(self, last_step: int | None) -> None:
+        """A run resumed after ``last_step`` drops the rows its interrupted task logged later (None: a fresh run)."""
+        if last_step is not None:
+            drop_rows_after_step(Path(self.log_dir) / "metrics.csv", last_step)
 
-_TASK_OF_COLUMN = re.compile(r"(?:^task_|after_task_)(\d+)/")
 
-
-def drop_rows_after_task(metrics_file: Path, tasks_done: int) -> int:
-    """Remove the rows a run logged for tasks after ``tasks_done`` (1-based count), before a
-    resumed run trains them again: a run killed in task k had written part of task k (Lightning
-    saves the logger on the way out), which would otherwise appear twice. A row belongs to the
-    highest task its non-empty columns name (``task_<t>/...``, ``acc_matrix/after_task_<t>/...``).
-    Returns the number of rows removed; the file is replaced atomically."""
+def drop_rows_after_step(metrics_file: Path, last_step: int) -> int:
+    """Remove the rows logged after ``last_step``, the sequence-wide step of the checkpoint a run
+    resumes from (``clcore.loggers.sequence_step``): a run killed in task k had written part of task
+    k (Lightning saves the logger on the way out), which would otherwise appear twice. Returns the
+    number of rows removed; the file is replaced atomically."""
     if not metrics_file.is_file():
         return 0
     with open(metrics_file, newline="") as stream:
         reader = csv.DictReader(stream)
         header, rows = list(reader.fieldnames or []), list(reader)
-
-    def task_of(row: dict) -> int:
-        found = [
-            int(m.group(1))
-            for key, value in row.items()
-            if value not in ("", None)
-            for m in [_TASK_OF_COLUMN.search(key)]
-            if m
-        ]
-        return max(found, default=0)
-
-    kept = [row for row in rows if task_of(row) <= tasks_done]
+    kept = [row for row in rows if row.get("step") in ("", None) or int(float(row["step"])) <= last_step]
     if len(kept) < len(rows):
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\r\n")

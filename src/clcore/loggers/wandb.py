@@ -8,11 +8,24 @@
   ``<name> <the job's command-line overrides>`` (``hat_pmnist seed=2``), and the jobs of a
   multirun are grouped by their sweep (``<name> <sweep folder>``), so that one sweep is one group.
   Outside Hydra (a notebook) the configured name and group stay as they are.
+- A run resumed after a kill continues its W&B run (``continue_after``): the run id is kept in
+  ``<save_dir>/wandb/clcore_run_id`` and the run is opened again with ``resume="allow"``; a fresh
+  start in the same folder gets a new id, so it never appends to the run it replaces. The
+  interrupted task's points after the checkpoint stay in W&B's history (it keeps what it got), but
+  every point is plotted at its sequence-wide ``trainer/global_step``, where the resumed run logs
+  the same steps again.
 """
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
 from lightning.pytorch.loggers import WandbLogger
+
+from clcore.utils.atomic import write_text_atomic
+
+RUN_ID_FILE = "clcore_run_id"
 
 
 class QuietWandbLogger(WandbLogger):
@@ -21,6 +34,7 @@ class QuietWandbLogger(WandbLogger):
 
     def __init__(self, *args, name_from_job: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self._configured_id = self._wandb_init.get("id")  # a run id (or version) set by the user
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         identity = job_identity(self._wandb_init.get("name")) if name_from_job else None
@@ -29,6 +43,20 @@ class QuietWandbLogger(WandbLogger):
             self._name = self._wandb_init["name"]
             if group is not None:
                 self._wandb_init["group"] = group
+
+    def continue_after(self, last_step: int | None) -> None:
+        """Before the run opens: a run resumed after ``last_step`` reopens its W&B run by id, a
+        fresh one (None) gets a new id. An id set in the config is left as it is."""
+        if self._configured_id is not None:
+            return
+        id_file = Path(self.save_dir or ".") / "wandb" / RUN_ID_FILE
+        if last_step is not None and id_file.is_file():
+            run_id = id_file.read_text().strip()
+        else:  # from the OS's randomness: no draw from the run's random number generators
+            run_id = secrets.token_hex(4)
+            write_text_atomic(id_file, run_id + "\n")
+        self._wandb_init.update(id=run_id, resume="allow")
+        self._id = run_id
 
 
 def job_identity(name: str | None) -> tuple[str, str | None] | None:

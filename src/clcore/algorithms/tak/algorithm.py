@@ -78,6 +78,7 @@ from clcore.backbones.clip import CLIPVisualBackbone
 from clcore.config_rules import is_int, is_number, is_positive_finite
 from clcore.heads.base import CLHeads
 from clcore.heads.dil import HeadDIL
+from clcore.metrics.names import task_metric
 from clcore.task_arithmetic.merging import MERGE_METHODS
 from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
 from clcore.utils.safe_load import load_tensors_safely
@@ -472,9 +473,9 @@ class TAK(CLAlgorithm):
         if self._batches_since_step == self.virtual_bs_n or last_batch:
             penalty = self._optimizer_step()
         if self.is_logging_step(batch_idx):
-            self.log(f"task_{task_id + 1}/train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
             if penalty is not None and self.curvature is not None:
-                self.log(f"task_{task_id + 1}/train/penalty", penalty, on_step=True, on_epoch=False)
+                self.log(task_metric("train/penalty", task_id), penalty, on_step=True, on_epoch=False)
         return loss.detach()
 
     def _optimizer_step(self) -> Tensor:
