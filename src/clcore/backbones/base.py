@@ -29,6 +29,17 @@ class CLBackbone(nn.Module):
         """
         return []
 
+    @classmethod
+    def variant_for(cls, required: type, options: Mapping[str, Any]) -> tuple[type, dict] | None:
+        """The version of this backbone that an algorithm needing a ``required`` backbone uses,
+        with its options: ``(class, options)``, or None where there is none for these options.
+
+        So ``clrun algorithm=hat`` with the default ``backbone=mlp`` runs HAT on the mask version
+        of the same MLP instead of refusing (``clcore.clrun.construction.use_backbone_the_algorithm_needs``).
+        Default: none.
+        """
+        return None
+
     def __init__(self, output_dim: int) -> None:
         super().__init__()
         if output_dim <= 0:

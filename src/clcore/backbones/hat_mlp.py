@@ -25,7 +25,8 @@ class HATMaskMLP(HATMaskBackbone):
         input_dim: flattened input size.
         hidden_dims: hidden layer widths.
         output_dim: feature size (width of the last, feature, layer).
-        dropout: dropout after each activation (HAT's reference MLP used 0.2 / 0.5).
+        dropout: dropout after each activation (HAT's reference MLP: 0.5).
+        input_dropout: dropout on the input (HAT's reference MLP: 0.2).
         num_tasks: tasks to make room for (task embeddings and stored masks).
     """
 
@@ -40,10 +41,17 @@ class HATMaskMLP(HATMaskBackbone):
         hidden_dims: Sequence[int] = (256, 100),
         output_dim: int = 64,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
         *,
         num_tasks: int,
     ) -> None:
-        options = dict(input_dim=input_dim, hidden_dims=hidden_dims, output_dim=output_dim, dropout=dropout)
+        options = dict(
+            input_dim=input_dim,
+            hidden_dims=hidden_dims,
+            output_dim=output_dim,
+            dropout=dropout,
+            input_dropout=input_dropout,
+        )
         raise_if_problems(type(self).config_problems({**options, "num_tasks": num_tasks}))
         super().__init__(output_dim, num_tasks)
         self.input_dim = input_dim
@@ -52,9 +60,10 @@ class HATMaskMLP(HATMaskBackbone):
         for index, layer in enumerate(self.fcs):
             self.register_masked_layer(f"fc{index + 1}", layer)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
 
     def masked_forward(self, x: Tensor, masks: dict[str, Tensor], task_id: int) -> Tensor:
-        h = torch.flatten(x, 1)
+        h = self.input_dropout(torch.flatten(x, 1))
         for name, layer in zip(self.masked_layer_names, self.fcs):
             h = self.dropout(torch.relu(layer(h) * masks[name]))
         return h

@@ -29,9 +29,10 @@ def layer_problems(options: Mapping[str, Any]) -> list[str]:
             f"backbone.hidden_dims={hidden_dims!r}: each hidden layer needs an integer width >= 1 "
             "(e.g. backbone.hidden_dims=[256,100]; [] for none)"
         )
-    dropout = options.get("dropout", 0.0)
-    if not (is_number(dropout) and math.isfinite(dropout) and 0 <= dropout < 1):
-        problems.append(f"backbone.dropout={dropout!r}: must be a probability in [0, 1) (0: no dropout)")
+    for key in ("dropout", "input_dropout"):
+        rate = options.get(key, 0.0)
+        if not (is_number(rate) and math.isfinite(rate) and 0 <= rate < 1):
+            problems.append(f"backbone.{key}={rate!r}: must be a probability in [0, 1) (0: no dropout)")
     return problems
 
 
@@ -46,6 +47,16 @@ class MLP(CLBackbone):
     def config_problems(cls, options: Mapping[str, Any], *, num_tasks: int | None = None) -> list[str]:
         return super().config_problems(options, num_tasks=num_tasks) + layer_problems(options)
 
+    @classmethod
+    def variant_for(cls, required: type, options: Mapping[str, Any]) -> tuple[type, dict] | None:
+        """HAT's mask backbone: ``HATMaskMLP`` with the same layers and dropout (not with batch
+        norm, which would need a statistic per task: none then)."""
+        from clcore.backbones.hat_mlp import HATMaskMLP
+
+        if not issubclass(HATMaskMLP, required) or options.get("batch_norm"):
+            return None
+        return HATMaskMLP, {key: value for key, value in options.items() if key != "batch_norm"}
+
     def __init__(
         self,
         input_dim: int,
@@ -53,12 +64,21 @@ class MLP(CLBackbone):
         output_dim: int = 64,
         dropout: float = 0.0,
         batch_norm: bool = False,
+        input_dropout: float = 0.0,
     ) -> None:
-        options = dict(input_dim=input_dim, hidden_dims=hidden_dims, output_dim=output_dim, dropout=dropout)
+        options = dict(
+            input_dim=input_dim,
+            hidden_dims=hidden_dims,
+            output_dim=output_dim,
+            dropout=dropout,
+            input_dropout=input_dropout,
+        )
         raise_if_problems(type(self).config_problems(options))
         super().__init__(output_dim)
         dims = [input_dim, *hidden_dims, output_dim]
         layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout > 0:  # on the pixels (HAT's reference MLP: 0.2)
+            layers.append(nn.Dropout(input_dropout))
         for fan_in, fan_out in zip(dims[:-1], dims[1:]):
             layers.append(nn.Linear(fan_in, fan_out))
             if batch_norm:

@@ -41,6 +41,16 @@ class ResNet18(CLBackbone):
             problems.append(choice_problem("backbone.norm", norm, get_args(Norm)))
         return problems
 
+    @classmethod
+    def variant_for(cls, required: type, options: Mapping[str, Any]) -> tuple[type, dict] | None:
+        """HAT's mask backbone: ``HATMaskResNet18``, the same network with a batch norm per task
+        (from ``norm=batch``; none for group norm)."""
+        from clcore.backbones.hat_resnet import HATMaskResNet18
+
+        if not issubclass(HATMaskResNet18, required) or options.get("norm", "batch") != "batch":
+            return None
+        return HATMaskResNet18, {key: value for key, value in options.items() if key == "in_channels"}
+
     def __init__(self, in_channels: int = 3, norm: Norm = "batch") -> None:
         raise_if_problems(type(self).config_problems({"in_channels": in_channels, "norm": norm}))
         super().__init__(output_dim=512)

@@ -18,7 +18,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning import Trainer
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clcore.algorithms.base import CLAlgorithm
 from clcore.benchmarks.base import CLBenchmark
@@ -42,12 +42,49 @@ class RunObjects:
     first_trainer: Trainer
 
 
+def use_backbone_the_algorithm_needs(cfg: DictConfig) -> str | None:
+    """Give an algorithm that needs a kind of backbone (``CLAlgorithm.required_backbone_type``: HAT's
+    mask backbones) the matching version of the configured one (``CLBackbone.variant_for``: the mask
+    version of ``backbone=mlp``, same sizes), so that ``clrun algorithm=hat`` runs as it is typed.
+
+    Rewrites ``cfg.backbone`` in place, before the pre-flight check reads it, and returns a line
+    saying what it did; None when nothing changes (the backbone fits already, it has no such
+    version, or a target cannot be imported: then the pre-flight check's message says what to do).
+    """
+    from hydra._internal.utils import _locate
+
+    from clcore.backbones.base import CLBackbone
+
+    try:
+        algorithm, backbone = _locate(cfg.algorithm._target_), _locate(cfg.backbone._target_)
+    except Exception:
+        return None
+    required = getattr(algorithm, "required_backbone_type", None)
+    if not (isinstance(required, type) and isinstance(backbone, type) and issubclass(backbone, CLBackbone)):
+        return None
+    if issubclass(backbone, required):
+        return None
+    options = OmegaConf.to_container(cfg.backbone, resolve=False)
+    found = backbone.variant_for(required, {k: v for k, v in options.items() if not k.startswith("_")})
+    if found is None:
+        return None
+    variant, variant_options = found
+    with open_dict(cfg):
+        cfg.backbone = {"_target_": f"{variant.__module__}.{variant.__name__}", **variant_options}
+    return (
+        f"algorithm {algorithm.__name__} needs a {required.__name__}: the {backbone.__name__} backbone runs as "
+        f"{variant.__name__}, the same network with {algorithm.__name__}'s masks"
+    )
+
+
 def build(cfg: DictConfig, benchmark: CLBenchmark | None = None) -> tuple[CLBenchmark, CLAlgorithm]:
     """Benchmark and algorithm from the config (for notebooks, studies and tests).
 
     ``benchmark``: a loaded one, used as it is; without it the benchmark is built and loaded
-    here first, so a missing file fails fast.
+    here first, so a missing file fails fast. An algorithm that needs a kind of backbone gets
+    the matching version of the configured one (``use_backbone_the_algorithm_needs``).
     """
+    use_backbone_the_algorithm_needs(cfg)
     if benchmark is None:
         benchmark = instantiate(cfg.benchmark)
         benchmark.load()

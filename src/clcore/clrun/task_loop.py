@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from clcore.algorithms.base import CLAlgorithm
 from clcore.clrun import checkpoint, resume
 from clcore.clrun.checks import preflight
-from clcore.clrun.construction import build_run
+from clcore.clrun.construction import build_run, use_backbone_the_algorithm_needs
 from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import is_first_process, output_folder_lock
 from clcore.config_rules import ConfigError
@@ -94,6 +94,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
         logging.getLogger(name).setLevel(logging.WARNING)
     silence_known_noise()
     use_cached_cuda_check()
+    switched = use_backbone_the_algorithm_needs(cfg)
+    if switched and is_first_process():
+        log.info(switched)
     plan = preflight(cfg)
     output_dir = Path(cfg.paths.output_dir)
     seed_everything(cfg.seed, workers=True, verbose=False)
