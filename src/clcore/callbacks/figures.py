@@ -74,8 +74,83 @@ def run_caption(trainer, algorithm, results=None) -> str:
     return " · ".join(part for part in parts if part)
 
 
+CAPTION_FONTSIZE = 6.5
+# inches per caption line at CAPTION_FONTSIZE (line spacing 1.2)
+CAPTION_LINE = 1.2 * CAPTION_FONTSIZE / 72
+
+
+def wrap_caption(caption: str, width: float, fontsize: float = CAPTION_FONTSIZE) -> str:
+    """``caption`` broken at its `` · `` separators (or spaces) into lines that fit ``width``
+    inches of small type: a figure narrower than its caption keeps all of it on the page.
+    ``len(result.splitlines())`` lines need ``CAPTION_LINE`` inches each."""
+    # DejaVu Sans averages about 0.55 em a character, more in paths and digits: reckon 0.6;
+    # keep a margin of 0.2 inch
+    fits = max(20, int((width - 0.2) * 72 / (0.6 * fontsize)))
+    lines: list[str] = []
+    for part in caption.split(" · "):
+        for word_line in _wrap_words(part, fits):
+            if lines and len(lines[-1]) + 3 + len(word_line) <= fits:
+                lines[-1] += " · " + word_line
+            else:
+                lines.append(word_line)
+    return "\n".join(lines)
+
+
+def _wrap_words(text: str, fits: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, fits, break_long_words=True, break_on_hyphens=False) or [""]
+
+
 def add_caption(figure, caption: str, height: float) -> None:
     """``caption`` in small type across the top of ``figure`` (``height`` inches tall); the
-    figures keep 0.3 inch or more free above their panels for it."""
-    if caption:
-        figure.text(0.01, 1 - 0.12 / height, caption, fontsize=6.5, color="0.25", ha="left", va="center")
+    figures keep 0.3 inch or more free above their panels for it. A caption of several lines
+    (``wrap_caption``) hangs from the top edge and needs ``CAPTION_LINE`` inches a line."""
+    if not caption:
+        return
+    if "\n" in caption:
+        figure.text(
+            0.01, 1 - 0.05 / height, caption, fontsize=CAPTION_FONTSIZE, color="0.25", ha="left", va="top"
+        )
+    else:
+        figure.text(
+            0.01, 1 - 0.12 / height, caption, fontsize=CAPTION_FONTSIZE, color="0.25", ha="left", va="center"
+        )
+
+
+def off_figure(figure, dpi: float | None = None, tolerance: float = 1.0) -> list[str]:
+    """What of ``figure`` runs off its edges once drawn at ``dpi`` (the one it is saved at: text
+    does not scale exactly with it): legends, the figure's own texts (caption, titles) and each
+    panel with its drawn labels (title, axis and tick labels), as ``"legend: ..."`` / ``"text:
+    ..."`` / ``"axes: ..."``; empty when everything is on the page. The figures promise an empty
+    list; the tests check it. ``tolerance`` in pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = figure.canvas if isinstance(figure.canvas, FigureCanvasAgg) else FigureCanvasAgg(figure)
+    if dpi is not None:
+        figure.set_dpi(dpi)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    box = figure.bbox
+
+    def outside(extent) -> bool:
+        return (
+            extent.x0 < box.x0 - tolerance
+            or extent.y0 < box.y0 - tolerance
+            or extent.x1 > box.x1 + tolerance
+            or extent.y1 > box.y1 + tolerance
+        )
+
+    found = []
+    for legend in [*figure.legends, *(ax.get_legend() for ax in figure.axes)]:
+        if legend is not None and outside(legend.get_window_extent(renderer)):
+            found.append(f"legend: {[t.get_text() for t in legend.get_texts()][:3]}")
+    for text in figure.texts:
+        if text.get_visible() and text.get_text().strip() and outside(text.get_window_extent(renderer)):
+            found.append(f"text: {text.get_text()[:60]!r}")
+    for ax in figure.axes:  # only what is drawn: the tick labels in view, the titles, the labels
+        extent = ax.get_tightbbox(renderer)
+        if extent is not None and outside(extent):
+            name = ax.get_title() or ax.get_title(loc="left") or ax.get_xlabel() or ax.get_ylabel()
+            found.append(f"axes: {name[:60]!r} {tuple(round(v) for v in extent.extents)}")
+    return found

@@ -6,8 +6,16 @@ Registered in ``configs/hydra/default.yaml``. What a sweep leaves on disk::
         0/ 1/ ...                one folder per job (a whole clrun output folder each)
             results/FAILED       only if the job raised: the traceback
         aggregate.csv            one row per configuration: mean and std over its jobs
+                                 (an Optuna search: one row per trial, best objective first)
         aggregate.json           the same, plus every job with its status and metrics
         aggregate.png            average accuracy after each task, mean +- std per configuration
+                                 (an Optuna search: objective per trial, best so far, per parameter)
+
+An Optuna search is not a grid: every trial is one job with values of its own, so "mean ± std
+over the jobs of a configuration" would be n = 1 everywhere. ``sweep_kind`` tells the two apart
+(the sweeper in the config, else the jobs' ``.hydra/hydra.yaml``, else the shape of the sweep) and
+the aggregate then reports trials: ordered by trial number with the best objective so far, and
+the table sorted by objective with the best trial marked.
 
 Failures: Hydra runs every job of a batch even when one raises (``run_job`` catches the
 exception), then re-raises the first failure, so ``clrun -m`` exits non-zero *after* all jobs
@@ -133,19 +141,24 @@ class SweepAggregate(Callback):
             # Resolved in the job's config, as Hydra did to place the job: the same timestamp
             # (Hydra copies the resolver cache), but the job's own ${name}. Sweeping over
             # experiments with different names therefore gives one folder, and one aggregate, per name.
-            self.write(Path(str(config.hydra.sweep.dir)))
+            self.write(Path(str(config.hydra.sweep.dir)), sweeper_of(config))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = self._sweep_dir or Path(str(config.hydra.sweep.dir))
         if _job_dirs(sweep_dir):  # the jobs may all have gone to folders of their own names
-            aggregate = self.write(sweep_dir)
+            aggregate = self.write(sweep_dir, sweeper_of(config))
             # the sweep's result on the screen, where the user is looking when it ends
-            print(f"\nsweep {sweep_dir}: final average accuracy and BWT over the jobs of each configuration")
+            if aggregate["sweeper"]["kind"] == "optuna":
+                print(f"\nsweep {sweep_dir}: Optuna trials, best objective (final average accuracy) first")
+            else:
+                print(
+                    f"\nsweep {sweep_dir}: final average accuracy and BWT over the jobs of each configuration"
+                )
             print(summary_table(aggregate))
             print(f"(aggregate.csv / .json{' / .png' if self.plot else ''} in {sweep_dir})", flush=True)
 
-    def write(self, sweep_dir: Path) -> dict:
-        aggregate = aggregate_sweep(sweep_dir, self.ignore)
+    def write(self, sweep_dir: Path, sweeper: dict | None = None) -> dict:
+        aggregate = aggregate_sweep(sweep_dir, self.ignore, sweeper)
         write_text_atomic(sweep_dir / "aggregate.json", json.dumps(aggregate, indent=2) + "\n")
         write_text_atomic(sweep_dir / "aggregate.csv", aggregate_csv(aggregate))
         if self.plot and any(c["completed"] for c in aggregate["configurations"]):
@@ -179,6 +192,8 @@ def read_job(job_dir: Path) -> dict:
     else:
         status = "incomplete"  # still running, or killed before it could say so
     job = {"job": job_dir.name, "dir": str(job_dir), "overrides": overrides, "status": status}
+    if job_dir.name.isdigit():  # hydra.sweep.subdir is the job number; an Optuna trial's number
+        job["trial"] = int(job_dir.name)
     job["tasks_done"] = summary.get("tasks_done") if summary else 0
     if status == "completed":
         for name in METRICS:
@@ -194,8 +209,14 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def aggregate_sweep(sweep_dir: str | Path, ignore: tuple[str, ...] = ("seed",)) -> dict:
-    """Jobs of the sweep in ``sweep_dir`` grouped by configuration, with mean / std of ``METRICS``."""
+def aggregate_sweep(
+    sweep_dir: str | Path, ignore: tuple[str, ...] = ("seed",), sweeper: dict | None = None
+) -> dict:
+    """Jobs of the sweep in ``sweep_dir`` grouped by configuration, with mean / std of ``METRICS``.
+
+    ``sweeper``: what ran the sweep (``sweeper_of(config)``), if known; else ``sweep_kind`` finds
+    out from the files. An Optuna search also gets ``trials`` (``optuna_trials``).
+    """
     sweep_dir = Path(sweep_dir)
     jobs = [read_job(d) for d in _job_dirs(sweep_dir)]
     groups: dict[str, list[dict]] = {}
@@ -222,12 +243,149 @@ def aggregate_sweep(sweep_dir: str | Path, ignore: tuple[str, ...] = ("seed",)) 
             row["average_accuracy_per_task_mean"] = [m for m, _ in stats]
             row["average_accuracy_per_task_std"] = [s for _, s in stats]
         configurations.append(row)
-    return {
+    aggregate = {
         "sweep_dir": str(sweep_dir),
         "ignored_overrides": list(ignore),
+        "sweeper": sweep_kind(sweep_dir, jobs, configurations, sweeper),
         "configurations": configurations,
         "jobs": jobs,
     }
+    if aggregate["sweeper"]["kind"] == "optuna":
+        aggregate["trials"] = optuna_trials(jobs, ignore, aggregate["sweeper"]["direction"])
+    return aggregate
+
+
+# ---- grid or Optuna search ----------------------------------------------------------------------
+OBJECTIVE = "average_accuracy"  # what clrun returns to a sweeper (clcore.clrun.cli)
+
+
+def sweeper_of(config: DictConfig) -> dict | None:
+    """``{"target": ..., "direction": ...}`` of the sweeper in a job's config; None outside Hydra."""
+    target = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+    if target is None:
+        return None
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    return {"target": str(target), "direction": None if direction is None else str(direction)}
+
+
+def _sweeper_from_files(sweep_dir: Path, jobs: list[dict]) -> tuple[dict | None, str]:
+    """The sweeper as Hydra recorded it: ``multirun.yaml`` in the sweep folder, else the first
+    job's ``.hydra/hydra.yaml`` (clrun writes it once the job starts)."""
+    import yaml  # PyYAML, Hydra's own dependency; plain YAML: the interpolations stay strings
+
+    candidates = [sweep_dir / "multirun.yaml", *(Path(j["dir"]) / ".hydra" / "hydra.yaml" for j in jobs)]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        sweeper = hydra.get("sweeper") or {}
+        if "_target_" in sweeper:
+            direction = sweeper.get("direction")
+            return {"target": str(sweeper["_target_"]), "direction": direction}, path.relative_to(
+                sweep_dir
+            ).as_posix()
+    return None, ""
+
+
+def _looks_sampled(value: str) -> bool:
+    """A number no one types by hand: a float with more than 4 significant digits (0.0017826497)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    digits = value.lower().split("e")[0].replace("-", "").replace(".", "").strip("0")
+    return math.isfinite(number) and len(digits) > 4
+
+
+def sweep_kind(
+    sweep_dir: Path, jobs: list[dict], configurations: list[dict], sweeper: dict | None = None
+) -> dict:
+    """``{"kind": "optuna" | "grid", "detected_from": ..., "objective": ..., "direction": ...}``.
+
+    Optuna when the sweeper is Hydra's Optuna sweeper (``sweeper``, from the running job's
+    config; else as recorded in the sweep's files); when nothing records the sweeper, when every
+    configuration is a single job and some swept value looks sampled (a float with more than 4
+    significant digits; a grid's values are typed by hand). A grid otherwise.
+    """
+    source = "the running sweep's config"
+    if sweeper is None:
+        sweeper, source = _sweeper_from_files(sweep_dir, jobs)
+    if sweeper is not None:
+        if "optuna" in sweeper["target"].lower():
+            direction = str(sweeper.get("direction") or "maximize").lower()
+            if direction.startswith("studydirection."):  # an enum spelt out
+                direction = direction.split(".", 1)[1]
+            return {"kind": "optuna", "detected_from": source, "objective": OBJECTIVE, "direction": direction}
+        return {"kind": "grid", "detected_from": source}
+    rows = configurations
+    varying = varying_parameters({"configurations": rows})
+    sampled = any(
+        all(_is_number(row["parameters"].get(key, "")) for row in rows)
+        and any(_looks_sampled(row["parameters"].get(key, "")) for row in rows)
+        for key in varying
+    )
+    if len(rows) > 1 and all(row["jobs"] == 1 for row in rows) and sampled:
+        return {
+            "kind": "optuna",
+            "detected_from": "single-job configurations with sampled values (no sweeper recorded)",
+            "objective": OBJECTIVE,
+            "direction": "maximize",
+        }
+    return {"kind": "grid", "detected_from": "no sweeper recorded"}
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+def optuna_trials(jobs: list[dict], ignore: tuple[str, ...], direction: str = "maximize") -> list[dict]:
+    """One entry per trial, by trial number: its parameters (the overrides that differ between
+    trials), status, objective (final average accuracy) and metrics, the best objective so far,
+    its ``rank`` by objective (1 = best; None for a trial without one) and ``best``."""
+    sign = -1.0 if direction == "minimize" else 1.0
+    ordered = sorted(enumerate(jobs), key=lambda item: item[1].get("trial", item[0]))
+    parameters = [_parameters(" ".join(job["overrides"])) for _, job in ordered]
+    keys = list(dict.fromkeys(key for p in parameters for key in p if key not in ignore))
+    varying = [k for k in keys if len({p.get(k) for p in parameters}) > 1] if len(ordered) > 1 else keys
+    trials, best_so_far = [], None
+    for (index, job), params in zip(ordered, parameters):
+        value = job.get(OBJECTIVE) if job["status"] == "completed" else None
+        if value is not None and not math.isnan(value):
+            if best_so_far is None or sign * value > sign * best_so_far:
+                best_so_far = value
+        else:
+            value = None
+        trials.append(
+            {
+                "trial": job.get("trial", index),
+                "job": job["job"],
+                "status": job["status"],
+                "parameters": {k: params[k] for k in varying if k in params},
+                "objective": value,
+                **{metric: job.get(metric) for metric in METRICS},
+                "best_so_far": best_so_far,
+            }
+        )
+    scored = sorted((t for t in trials if t["objective"] is not None), key=lambda t: -sign * t["objective"])
+    for rank, trial in enumerate(scored, start=1):  # ties: the earlier trial first (a stable sort)
+        trial["rank"] = rank
+    for trial in trials:
+        trial.setdefault("rank", None)
+        trial["best"] = trial["rank"] == 1
+    return trials
+
+
+def trials_by_objective(aggregate: dict) -> list[dict]:
+    """The trials best objective first; trials without one (failed, incomplete) last, by number."""
+    trials = aggregate.get("trials", [])
+    return sorted(trials, key=lambda t: (t["rank"] is None, t["rank"] or 0, t["trial"]))
 
 
 def _parameters(configuration: str) -> dict[str, str]:
@@ -247,7 +405,10 @@ def varying_parameters(aggregate: dict) -> list[str]:
 
 def aggregate_csv(aggregate: dict) -> str:
     """One row per configuration: its varying parameters as columns of their own, the job counts,
-    and mean / std of each metric (fractions, as in ``summary.json``)."""
+    and mean / std of each metric (fractions, as in ``summary.json``). An Optuna search: one row
+    per trial instead (``trials_csv``)."""
+    if aggregate.get("sweeper", {}).get("kind") == "optuna":
+        return trials_csv(aggregate)
     parameters = varying_parameters(aggregate)
     columns = ["configuration", *parameters, "jobs", "completed", "failed", "incomplete"]
     columns += [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["job_dirs"]
@@ -267,9 +428,67 @@ def aggregate_csv(aggregate: dict) -> str:
     return buffer.getvalue()
 
 
+def _trial_parameters(aggregate: dict) -> list[str]:
+    return list(dict.fromkeys(key for trial in aggregate.get("trials", []) for key in trial["parameters"]))
+
+
+def trials_csv(aggregate: dict) -> str:
+    """An Optuna search, one row per trial, best objective first (failed and incomplete trials
+    last): rank, ``best`` (1 for the best trial), trial number, the sampled parameters, status,
+    the objective and the other metrics (fractions), the best objective up to that trial, job folder."""
+    parameters = _trial_parameters(aggregate)
+    columns = ["rank", "best", "trial", *parameters, "status", "objective", *METRICS, "best_so_far", "job"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for trial in trials_by_objective(aggregate):
+        cells = []
+        for column in columns:
+            value = trial["parameters"].get(column) if column in parameters else trial.get(column)
+            if column == "best":
+                value = int(bool(value))
+            elif isinstance(value, float):
+                value = f"{value:.6f}"
+            cells.append("" if value is None else value)
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _short(value: str) -> str:
+    """A sampled float to 4 significant digits for the screen and the figure (the files keep every digit)."""
+    return f"{float(value):.4g}" if _looks_sampled(value) else value
+
+
+def _text_table(lines: list[list[str]]) -> str:
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
+
+
+def trials_table(aggregate: dict) -> str:
+    """An Optuna search as the console shows it: a line per trial, best objective first, the best
+    marked ``1 (best)`` in the rank column; sampled values to 4 significant digits; failed and
+    incomplete trials last, with their status in place of the objective."""
+    parameters = _trial_parameters(aggregate)
+    direction = aggregate["sweeper"].get("direction", "maximize")
+    header = ["rank", "trial", *parameters, f"AA % (objective, {direction})", "BWT points"]
+    lines = [header]
+    for trial in trials_by_objective(aggregate):
+        rank = "-" if trial["rank"] is None else str(trial["rank"]) + (" (best)" if trial["best"] else "")
+        objective = trial["status"] if trial["objective"] is None else f"{100 * trial['objective']:.2f}"
+        bwt = "-" if trial.get("bwt") is None else f"{100 * trial['bwt']:.2f}"
+        named = [_short(trial["parameters"].get(k, "")) for k in parameters]
+        lines.append([rank, str(trial["trial"]), *named, objective, bwt])
+    return _text_table(lines)
+
+
 def summary_table(aggregate: dict) -> str:
     """The aggregate as the console shows it at the end of a sweep: a line per configuration with
-    its varying parameters, completed / all jobs, and final AA and BWT as mean ± std, in %."""
+    its varying parameters, completed / all jobs, and final AA and BWT as mean ± std, in %.
+    An Optuna search: a line per trial instead, best first (``trials_table``)."""
+    if aggregate.get("sweeper", {}).get("kind") == "optuna":
+        return trials_table(aggregate)
     parameters = varying_parameters(aggregate)
 
     def shown(mean, std) -> str:
@@ -289,33 +508,104 @@ def summary_table(aggregate: dict) -> str:
                 shown(row.get("bwt_mean"), row.get("bwt_std")),
             ]
         )
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    text = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(text)
+    return _text_table(lines)
 
 
 def plot_aggregate(aggregate: dict, path: Path) -> Path:
-    """Average accuracy after each task (mean, band = +- std) and final AA / BWT per configuration."""
-    import matplotlib
+    """``aggregate.png``: ``aggregate_figure`` as a PNG."""
+    from clcore.callbacks.figures import save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return save_png(aggregate_figure(aggregate), path, dpi=110)
+
+
+def aggregate_figure(aggregate: dict):
+    """The sweep's figure (a ``matplotlib.figure.Figure``, no pyplot): a grid's configurations
+    (``grid_figure``) or an Optuna search's trials (``trials_figure``). Its caption names the
+    sweep and the overrides every job shares; every legend and label stays on the figure."""
+    if aggregate.get("sweeper", {}).get("kind") == "optuna":
+        return trials_figure(aggregate)
+    return grid_figure(aggregate)
+
+
+def _shared_overrides(aggregate: dict, varying: list[str]) -> list[str]:
+    """The overrides every job of the sweep has, with the same value (a data path, the task count)."""
+    jobs = [job for job in aggregate.get("jobs", []) if job.get("overrides")]
+    if not jobs:
+        return []
+    common = set(jobs[0]["overrides"]).intersection(*(set(job["overrides"]) for job in jobs[1:]))
+    ignored = set(aggregate.get("ignored_overrides", []))
+    return [
+        o
+        for o in jobs[0]["overrides"]
+        if o in common and o.split("=", 1)[0].lstrip("+~") not in {*varying, *ignored}
+    ]
+
+
+def _caption(parts: list[str], width: float) -> tuple[str, float]:
+    """The caption wrapped to ``width`` inches, and the inches it needs."""
+    from clcore.callbacks.figures import CAPTION_LINE, wrap_caption
+
+    caption = wrap_caption(" · ".join(p for p in parts if p), width)
+    return caption, len(caption.splitlines()) * CAPTION_LINE + 0.1
+
+
+def _legend_height(labels: list[str], fontsize: float, title: bool) -> float:
+    """Inches a one-column legend of ``labels`` (with their line breaks) needs, generously."""
+    lines = sum(label.count("\n") + 1 for label in labels)
+    return (
+        lines * 1.25 * fontsize + len(labels) * 0.5 * fontsize + (1.6 * fontsize if title else 0)
+    ) / 72 + 0.2
+
+
+def grid_figure(aggregate: dict):
+    """Average accuracy after each task (mean, band = ± std) and final AA / BWT per configuration,
+    mean ± std over its jobs (the seeds); the legend below the panels, its lines wrapped to the figure."""
+    import textwrap
+
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from clcore.callbacks.figures import add_caption
+
     rows = [r for r in aggregate["configurations"] if r["completed"]]
-    # what tells the configurations apart; the overrides they share (a data path) go to the title
+    # what tells the configurations apart; the overrides they share (a data path) go to the caption
     varying = varying_parameters(aggregate)
-    shared = [
-        f"{k}={v}" for k, v in (rows[0].get("parameters", {}) if rows else {}).items() if k not in varying
-    ]
-    fig, (left, right) = plt.subplots(
-        1, 2, figsize=(11, 3.6 + 0.22 * len(rows)), gridspec_kw={"width_ratios": [3, 2]}
-    )
+    shared = _shared_overrides(aggregate, varying)
+    failed = sum(r["failed"] + r["incomplete"] for r in aggregate["configurations"])
+    width, panel_height, fontsize = 11.0, 2.9, 7
+    chars = int((width - 1.0) * 72 / (0.65 * fontsize))  # a legend line beside its marker; wide letters
+    labels = []
     for index, row in enumerate(rows):
-        colour = plt.get_cmap("tab10")(index % 10)
         named = " ".join(f"{k}={row['parameters'][k]}" for k in varying if k in row.get("parameters", {}))
         label = f"{index + 1}: {named or row['configuration']}  (n={row['completed']})"
+        labels.append("\n".join(textwrap.wrap(label, chars, break_on_hyphens=False)) or label)
+    caption, caption_height = _caption(
+        [
+            f"sweep {aggregate.get('sweep_dir', '')}",
+            f"{len(rows)} configuration(s), mean ± std over their jobs (seeds)",
+            "every job: " + " ".join(shared) if shared else "",
+        ],
+        width,
+    )
+    legend_height = _legend_height(labels, fontsize, title=True)
+    top, gap_below, bottom = caption_height + 0.35, 0.6, 0.1
+    height = top + panel_height + gap_below + legend_height + bottom
+    figure = Figure(figsize=(width, height))
+    grid = figure.add_gridspec(
+        1,
+        2,
+        width_ratios=[3, 2],
+        left=0.7 / width,
+        right=1 - 0.2 / width,
+        top=1 - top / height,
+        bottom=(bottom + legend_height + gap_below) / height,
+        wspace=0.25,
+    )
+    left, right = figure.add_subplot(grid[0, 0]), figure.add_subplot(grid[0, 1])
+    add_caption(figure, caption, height)
+    for index, (row, label) in enumerate(zip(rows, labels)):
+        colour = colormaps["tab10"](index % 10)
         means = row.get("average_accuracy_per_task_mean")
         if means:
             tasks = range(1, len(means) + 1)
@@ -335,7 +625,6 @@ def plot_aggregate(aggregate: dict, path: Path) -> Path:
                 right.errorbar(
                     index + offset, 100 * row[f"{metric}_mean"], yerr=std, fmt=marker, color=colour, capsize=4
                 )
-    failed = sum(r["failed"] + r["incomplete"] for r in aggregate["configurations"])
     left.set_xlabel("after training task")
     left.set_ylabel("average accuracy (%)")
     left.set_ylim(0, 100)
@@ -346,23 +635,211 @@ def plot_aggregate(aggregate: dict, path: Path) -> Path:
     right.set_xticks(range(len(rows)), [str(i + 1) for i in range(len(rows))])
     right.set_xlim(-0.6, len(rows) - 0.4)
     right.set_xlabel("configuration")
-    right.set_ylabel("points")
+    right.set_ylabel("AA (%) / BWT (points)")
     right.set_title("final average accuracy (●) and BWT (■), mean ± std", fontsize=9)
     right.grid(alpha=0.3)
     note = f"; {failed} failed or incomplete job(s) not included" if failed else ""
-    fig.legend(
-        loc="lower left",
-        fontsize=7,
+    figure.legend(
+        loc="upper left",
+        bbox_to_anchor=(0.1 / width, (bottom + legend_height) / height),
+        fontsize=fontsize,
         frameon=False,
         title=f"configurations (n = completed jobs{note})",
-        title_fontsize=7,
+        title_fontsize=fontsize,
+        alignment="left",
     )
-    if shared:
-        fig.suptitle("every job: " + " ".join(shared), fontsize=7, color="0.3")
-    fig.tight_layout(rect=(0, 0.08 + 0.06 * len(rows), 1, 0.97 if shared else 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figure
+
+
+def _room_below(ax) -> None:
+    """A band under the lowest objective, where the failed trials' crosses sit (at 4% of the axis),
+    and headroom above the best one's star."""
+    low, high = ax.get_ylim()
+    span = max(high - low, 1e-9)
+    ax.set_ylim(low - 0.12 * span, high + 0.05 * span)
+
+
+def trials_figure(aggregate: dict):
+    """An Optuna search: the objective (final average accuracy, %) of each trial by trial number
+    with the best so far as a step line and the best trial starred (failed or incomplete trials
+    as grey crosses on the axis); below, the objective against each sampled parameter (up to 4;
+    log axis for positive values spanning 20x or more), points coloured by trial number."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.transforms import blended_transform_factory
+
+    from clcore.callbacks.figures import add_caption
+
+    trials = aggregate.get("trials", [])
+    direction = aggregate["sweeper"].get("direction", "maximize")
+    parameters = _trial_parameters(aggregate)
+    shown_parameters = parameters[:4]
+    scored = [t for t in trials if t["objective"] is not None]
+    unscored = [t for t in trials if t["objective"] is None]
+    best = next((t for t in trials if t["best"]), None)
+    shared = _shared_overrides(aggregate, parameters)
+    width = 11.0
+    caption, caption_height = _caption(
+        [
+            f"Optuna search · sweep {aggregate.get('sweep_dir', '')}",
+            f"{len(trials)} trials: {len(scored)} completed, {len(unscored)} failed or incomplete",
+            f"objective: final average accuracy ({direction})",
+            (
+                f"best: trial {best['trial']}, {100 * best['objective']:.2f}%"
+                + "".join(f", {k}={_short(v)}" for k, v in best["parameters"].items())
+                if best
+                else "no trial completed"
+            ),
+            "every trial: " + " ".join(shared) if shared else "",
+        ],
+        width,
+    )
+    history_height, parameter_height = 2.7, 2.3
+    top, between, bottom = caption_height + 0.35, 0.85, 0.55
+    height = top + history_height + bottom + ((between + parameter_height) if shown_parameters else 0.0)
+    figure = Figure(figsize=(width, height))
+    add_caption(figure, caption, height)
+    history = figure.add_axes(
+        (0.7 / width, 1 - (top + history_height) / height, (width - 0.9) / width, history_height / height)
+    )
+    numbers = [t["trial"] for t in trials]
+    history.plot(
+        [t["trial"] for t in scored],
+        [100 * t["objective"] for t in scored],
+        "o",
+        color="tab:blue",
+        label="trial's objective",
+    )
+    steps = [(t["trial"], 100 * t["best_so_far"]) for t in trials if t["best_so_far"] is not None]
+    if steps:
+        history.step(
+            [x for x, _ in steps],
+            [y for _, y in steps],
+            where="post",
+            color="tab:orange",
+            lw=1.5,
+            label="best so far",
+        )
+    bottom_edge = blended_transform_factory(history.transData, history.transAxes)
+    if unscored:
+        history.plot(
+            [t["trial"] for t in unscored],
+            [0.04] * len(unscored),
+            "x",
+            color="0.5",
+            transform=bottom_edge,
+            label="failed / incomplete",
+            clip_on=False,
+        )
+    if best is not None:
+        history.plot(
+            [best["trial"]],
+            [100 * best["objective"]],
+            "*",
+            markersize=15,
+            color="gold",
+            markeredgecolor="black",
+            label=f"best: trial {best['trial']} ({100 * best['objective']:.2f}%)",
+        )
+    history.set_xlabel("trial number")
+    history.set_ylabel("final average accuracy (%)")
+    history.set_title(f"objective per trial ({direction}) and the best so far", fontsize=9, loc="left")
+    history.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if numbers:
+        history.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
+    _room_below(history)
+    history.grid(alpha=0.3)
+    # above the panel, right of its title: never over a trial
+    history.legend(
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        ncol=4,
+        fontsize=7,
+        frameon=False,
+        borderaxespad=0.2,
+    )
+
+    if shown_parameters:
+        colour_norm = Normalize(min(numbers), max(max(numbers), min(numbers) + 1))
+        colours = colormaps["viridis"]
+        count = len(shown_parameters)
+        bar_room = 1.1
+        panel_width = (width - 0.7 - bar_room - (count - 1) * 0.6) / count
+        y0 = bottom / height
+        for index, key in enumerate(shown_parameters):
+            ax = figure.add_axes(
+                (
+                    (0.7 + index * (panel_width + 0.6)) / width,
+                    y0,
+                    panel_width / width,
+                    parameter_height / height,
+                )
+            )
+            values = [t["parameters"].get(key) for t in trials]
+            numeric = all(v is not None and _is_number(v) for v in values)
+            if numeric:
+                position = {t["trial"]: float(t["parameters"][key]) for t in trials}
+                positive = [v for v in position.values() if v > 0]
+                if positive and len(positive) == len(position) and max(positive) >= 20 * min(positive):
+                    ax.set_xscale("log")
+            else:
+                categories = list(dict.fromkeys(str(v) for v in values))
+                position = {t["trial"]: categories.index(str(t["parameters"].get(key))) for t in trials}
+                ax.set_xticks(range(len(categories)), [_short(c) for c in categories], fontsize=7)
+                ax.set_xlim(-0.5, len(categories) - 0.5)
+            ax.scatter(
+                [position[t["trial"]] for t in scored],
+                [100 * t["objective"] for t in scored],
+                c=[t["trial"] for t in scored],
+                cmap=colours,
+                norm=colour_norm,
+                s=22,
+                edgecolors="none",
+            )
+            if unscored:
+                ax.plot(
+                    [position[t["trial"]] for t in unscored],
+                    [0.04] * len(unscored),
+                    "x",
+                    color="0.5",
+                    transform=blended_transform_factory(ax.transData, ax.transAxes),
+                    clip_on=False,
+                )
+            if best is not None:
+                ax.plot(
+                    [position[best["trial"]]],
+                    [100 * best["objective"]],
+                    "*",
+                    markersize=13,
+                    color="gold",
+                    markeredgecolor="black",
+                )
+            ax.set_xlabel(key, fontsize=8)
+            _room_below(ax)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+            if index == 0:
+                ax.set_ylabel("final average accuracy (%)", fontsize=8)
+        bar = figure.add_axes(
+            ((width - bar_room + 0.25) / width, y0, 0.12 / width, parameter_height / height)
+        )
+        colourbar = figure.colorbar(ScalarMappable(colour_norm, cmap=colours), cax=bar)
+        colourbar.set_label("trial number", fontsize=7)
+        colourbar.ax.tick_params(labelsize=7)
+        colourbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        more = f" (the first 4 of {len(parameters)} shown)" if len(parameters) > 4 else ""
+        figure.text(
+            0.7 / width,
+            (bottom + parameter_height + 0.12) / height,
+            f"objective against each sampled parameter{more}; ★ best trial, × failed / incomplete",
+            fontsize=8,
+            ha="left",
+            va="bottom",
+        )
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,9 @@ al., NeurIPS 2024) in ``atlas.py``.
    model): single-task accuracy; task addition with each merging method, alpha chosen on validation
    from a grid, test accuracy absolute and normalised; aTLAS coefficients learned on a few-shot
    validation subset; task negation of each task against the control task.
-5. ``results/task_arithmetic.json`` and ``results/table.md``, rewritten atomically after each mode.
+5. ``results/task_arithmetic.json`` and ``results/table.md``, rewritten atomically after each mode;
+   the figures (``clcore.clta.plots``: task addition, per-task accuracy, alpha selection, task
+   negation) in ``results/*.png`` at the end, and after each mode that took a minute or more.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from clcore.utils.safe_load import load_tensors_safely
 
 RESULTS_JSON = "results/task_arithmetic.json"
 RESULTS_TABLE = "results/table.md"
+# Figures after a mode only when it took this long (drawing them takes about a second), and at the end.
+PLOTS_AFTER_MODES_OF_S = 60.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -391,9 +395,13 @@ def run_protocol(cfg: DictConfig, log=print) -> dict:
         "timing_seconds": timing,
     }
 
-    def save() -> None:
+    def save(plots: bool = False) -> None:
         write_json_atomic(output_dir / RESULTS_JSON, results)
         write_text_atomic(output_dir / RESULTS_TABLE, markdown_tables(results))
+        if plots:
+            from clcore.clta.plots import write_plots
+
+            write_plots(results, (output_dir / RESULTS_JSON).parent)
 
     evaluate = Evaluator(heads, device, cfg.eval.batch_size, cfg.loader.num_workers)
     phase = time.perf_counter()
@@ -446,7 +454,7 @@ def run_protocol(cfg: DictConfig, log=print) -> dict:
             )
         timing[mode] = time.perf_counter() - phase
         timing["total"] = time.perf_counter() - started
-        save()
+        save(plots=timing[mode] >= PLOTS_AFTER_MODES_OF_S)
         summary = ", ".join(
             f"{method} {_percent(merged['absolute'])}/{_percent(merged['normalized'])}"
             for method, merged in outcome["addition"].items()
@@ -454,6 +462,8 @@ def run_protocol(cfg: DictConfig, log=print) -> dict:
         log(
             f"[{mode}] single-task {_percent(outcome['single_task']['average_test'])}; addition abs/norm: {summary}"
         )
-    save()
-    log(f"results: {output_dir / RESULTS_JSON}, {output_dir / RESULTS_TABLE}")
+    save(plots=True)
+    log(
+        f"results: {output_dir / RESULTS_JSON}, {output_dir / RESULTS_TABLE}, figures {output_dir / 'results'}/*.png"
+    )
     return results

@@ -1,4 +1,5 @@
-"""The protocol's results as markdown tables (``results/table.md``)."""
+"""The protocol's results as markdown tables (``results/table.md``); the same results as figures:
+``clcore.clta.plots``."""
 
 from __future__ import annotations
 
@@ -76,4 +77,11 @@ def markdown_tables(results: Mapping) -> str:
             rows["atlas"] = outcome["atlas"]["test"]
         for method, accuracies in rows.items():
             lines.append(f"| {mode} | {method} | " + " | ".join(_pct(accuracies[t]) for t in tasks) + " |")
+    figures = ["task_addition.png", "per_task_accuracy.png", "alpha_selection.png"]
+    if negations:
+        figures.append("task_negation.png")
+    lines += [
+        "",
+        f"Figures beside this table (drawn at the end of the run by `clcore.clta.plots`): {', '.join(figures)}.",
+    ]
     return "\n".join(lines) + "\n"
