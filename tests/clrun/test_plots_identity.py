@@ -18,7 +18,8 @@ import yaml
 from clcore.callbacks.attributions import Attributions
 from clcore.callbacks.base import CLCallback
 from clcore.callbacks.figures import off_figure
-from clcore.clrun.sweeps import aggregate_figure, aggregate_sweep, main, summary_table
+from clcore.clrun.sweep_figures import aggregate_figure
+from clcore.clrun.sweeps import aggregate_sweep, main, summary_table
 from clcore.clrun.task_loop import run_sequence
 
 CLRUN = str(Path(sys.executable).with_name("clrun"))
