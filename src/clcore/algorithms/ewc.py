@@ -35,7 +35,7 @@ def _log_likelihood(logits_fn: LogitsFunction) -> Callable[[Tensors, Tensor, Ten
 
 
 def empirical_fisher_sum(logits_fn: LogitsFunction, params: Tensors, x: Tensor, targets: Tensor) -> Tensors:
-    """``sum_n (d log p(y_n | x_n) / d theta)^2`` over a batch, at the true labels ``y_n``.
+    r"""$\sum_n (\partial \log p(y_n \mid x_n) / \partial\theta)^2$ over a batch, at the true labels $y_n$.
 
     The "empirical Fisher": squared per-sample gradients of the log-likelihood of the data's own
     labels (``torch.func``: ``vmap`` of ``grad`` over the samples, one batched pass).
@@ -45,10 +45,11 @@ def empirical_fisher_sum(logits_fn: LogitsFunction, params: Tensors, x: Tensor, 
 
 
 def true_fisher_sum(logits_fn: LogitsFunction, params: Tensors, x: Tensor) -> Tensors:
-    """``sum_n sum_y p(y | x_n) (d log p(y | x_n) / d theta)^2`` over a batch: the Fisher information.
+    r"""$\sum_n \sum_y p(y \mid x_n) (\partial \log p(y \mid x_n) / \partial\theta)^2$ over a batch: the
+    Fisher information.
 
     The expectation over the model's predictive distribution is taken exactly, as a sum over the
-    classes weighted by ``p(y | x_n)`` (no sampled labels, so no randomness): one batched
+    classes weighted by $p(y \mid x_n)$ (no sampled labels, so no randomness): one batched
     per-sample-gradient pass per class, so memory stays that of one gradient per sample.
     """
     with torch.no_grad():
@@ -64,24 +65,31 @@ def true_fisher_sum(logits_fn: LogitsFunction, params: Tensors, x: Tensor) -> Te
 
 
 class EWC(ParameterPenaltyAlgorithm):
-    """Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017), for TIL, CIL and DIL.
+    r"""Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017), for TIL, CIL and DIL.
 
-    - Loss on task t: ``L_t(theta) + sum_{s<t} lambda/2 sum_i F_{s,i} (theta_i - theta*_{s,i})^2``
-      (Eq. 3; with more than two tasks the paper keeps a separate penalty per earlier task,
-      as the text after Eq. 3 describes), ``theta*_s`` the parameters at the end of task s.
-    - ``F_s`` is the diagonal of the Fisher information at ``theta*_s`` on task s's training data,
+    - Loss on task $t$:
+
+        $$L_t(\theta) + \sum_{s<t} \frac{\lambda}{2} \sum_i F_{s,i} \, (\theta_i - \theta^*_{s,i})^2$$
+
+        (Eq. 3; with more than two tasks the paper keeps a separate penalty per earlier task,
+        as the text after Eq. 3 describes), $\theta^*_s$ the parameters at the end of task $s$.
+
+    - $F_s$ is the diagonal of the Fisher information at $\theta^*_s$ on task $s$'s training data,
       a mean over samples, estimated at the end of the task's training in eval mode (no dropout):
-      ``fisher="true"``: ``E_x sum_y p(y|x) (d log p(y|x)/d theta)^2``, the Fisher of the paper,
-      computed exactly over the classes (``true_fisher_sum``); ``fisher="empirical"``: the
-      squared gradients at the data's labels (``empirical_fisher_sum``), a common approximation.
-    - ``p(y|x)`` is the paradigm's output on the task: TIL its own head, CIL the head over all
+      ``fisher="true"``:
+      $\mathbb{E}_x \sum_y p(y \mid x) (\partial \log p(y \mid x) / \partial\theta)^2$,
+      the Fisher of the paper, computed exactly over the classes (``true_fisher_sum``);
+      ``fisher="empirical"``: the squared gradients at the data's labels
+      (``empirical_fisher_sum``), a common approximation.
+
+    - $p(y \mid x)$ is the paradigm's output on the task: TIL its own head, CIL the head over all
       classes seen so far, DIL the shared head. Parameters covered: see
       ``clcore.components.parameter_penalty`` (backbone and the heads existing at the task's end).
 
     Args:
-        reg_lambda: ``lambda`` (the penalty is ``lambda/2`` times the Fisher-weighted distance).
+        reg_lambda: $\lambda$ (the penalty is $\lambda/2$ times the Fisher-weighted distance).
         fisher: ``true`` or ``empirical`` (see above).
-        importance_samples: training samples of the task used for ``F`` (first ones of the task's
+        importance_samples: training samples of the task used for $F$ (first ones of the task's
             seeded training order); ``None``: all.
         options: a subclass's own options, checked with these (``OnlineEWC``'s ``gamma``).
         **kwargs: the other arguments, as for ``CLAlgorithm``.
@@ -120,7 +128,7 @@ class EWC(ParameterPenaltyAlgorithm):
         return problems
 
     def fisher_diagonal(self) -> Tensors:
-        """``F``: the mean over the task's training samples of the chosen per-sample Fisher diagonal."""
+        """$F$: the mean over the task's training samples of the chosen per-sample Fisher diagonal."""
 
         def per_batch_sum(params: Tensors, x: Tensor, targets: Tensor, task_id: int) -> Tensors:
             logits_fn = self.logits_function(task_id)

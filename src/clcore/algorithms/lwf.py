@@ -16,10 +16,10 @@ from clcore.metrics.names import task_metric
 
 
 def old_task_logits(heads: CLHeads, features: Tensor, num_old_tasks: int) -> list[Tensor]:
-    """The outputs LwF keeps close to the teacher's, one tensor per distillation term.
+    r"""The outputs LwF keeps close to the teacher's, one tensor per distillation term.
 
-    - TIL: each old task's own head, ``heads(features, j)`` for ``j < t`` (Li & Hoiem Sec. 3: one
-      ``L_old`` per old task, summed);
+    - TIL: each old task's own head, ``heads(features, j)`` for $j < t$ (Li & Hoiem Sec. 3: one
+      $L_{\text{old}}$ per old task, summed);
     - CIL: the old classes' columns of the grown head, as one distribution over all old classes
       (the class-incremental LwF of van de Ven, Tuytelaars & Tolias 2022, Methods);
     - DIL: the shared head's outputs (the same label space for every task).
@@ -35,18 +35,20 @@ def old_task_logits(heads: CLHeads, features: Tensor, num_old_tasks: int) -> lis
 
 
 class LwF(CLAlgorithm):
-    """Learning without Forgetting (Li & Hoiem, TPAMI 2017, Sec. 3, Fig. 2e).
+    r"""Learning without Forgetting (Li & Hoiem, TPAMI 2017, Sec. 3, Fig. 2e).
 
-    Before task ``t`` trains, a frozen copy of backbone and heads, the model as it was at the end
-    of task ``t - 1``, is kept (the *teacher*). Every training batch of task ``t`` goes through
+    Before task $t$ trains, a frozen copy of backbone and heads, the model as it was at the end
+    of task $t - 1$, is kept (the *teacher*). Every training batch of task $t$ goes through
     both; the loss is
 
-        L = CE(new task) + distillation_lambda * sum_old distillation(student_old, teacher_old, T)
+    $$L = \mathrm{CE}(\text{new task}) + \lambda_o \sum_{\text{old}}
+    \mathrm{distillation}(\text{student}_{\text{old}}, \text{teacher}_{\text{old}}, T)$$
 
-    (Eq. 2 for the distillation, ``lambda_o`` of Sec. 3 for its weight; the paper's weight decay
-    ``R`` is the optimizer's). The paper records the old heads' responses once, before training,
-    on the new task's data; without data augmentation that is the same as computing them on the
-    fly with the frozen copy, which is what is done here (no per-sample index into a recording).
+    (Eq. 2 for the distillation, $\lambda_o$ of Sec. 3 for its weight, ``distillation_lambda``
+    here; the paper's weight decay $R$ is the optimizer's). The paper records the old heads'
+    responses once, before training, on the new task's data; without data augmentation that is
+    the same as computing them on the fly with the frozen copy, which is what is done here (no
+    per-sample index into a recording).
     What the old outputs are in each paradigm: ``old_task_logits``. The teacher runs in eval mode
     (dropout off, batch norm with its running statistics). Task 1 trains with CE only.
 
@@ -56,9 +58,9 @@ class LwF(CLAlgorithm):
 
     Args:
         backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor: as ``CLAlgorithm``.
-        distillation_lambda: ``lambda_o``, the weight of the distillation terms (1 in the paper).
-        temperature: ``T`` of Eq. 2 (2 in the paper).
-        t_squared: multiply the distillation by ``T^2`` (Hinton et al. 2015); LwF does not.
+        distillation_lambda: $\lambda_o$, the weight of the distillation terms (1 in the paper).
+        temperature: $T$ of Eq. 2 (2 in the paper).
+        t_squared: multiply the distillation by $T^2$ (Hinton et al. 2015); LwF does not.
     """
 
     @classmethod

@@ -14,9 +14,10 @@ from clcore.heads.base import CLHeads
 
 
 def mas_importance_sum(logits_fn: Callable[[Tensors, Tensor], Tensor], params: Tensors, x: Tensor) -> Tensors:
-    """``sum_n |d ||F(x_n; theta)||_2^2 / d theta|`` over a batch (per-sample gradients, ``torch.func``).
+    r"""$\sum_n \left| \partial \lVert F(x_n; \theta) \rVert_2^2 / \partial\theta \right|$ over a batch
+    (per-sample gradients, ``torch.func``).
 
-    ``F`` is the network's output; the squared L2 norm needs no label, so the importance can be
+    $F$ is the network's output; the squared L2 norm needs no label, so the importance can be
     measured on any data (Aljundi et al. 2018: the gradient of the squared L2 norm of the
     output, averaged in absolute value over the samples).
     """
@@ -29,20 +30,29 @@ def mas_importance_sum(logits_fn: Callable[[Tensors, Tensor], Tensor], params: T
 
 
 class MAS(ParameterPenaltyAlgorithm):
-    """Memory Aware Synapses (Aljundi et al., ECCV 2018), for TIL, CIL and DIL.
+    r"""Memory Aware Synapses (Aljundi et al., ECCV 2018), for TIL, CIL and DIL.
 
-    - Importance of task t: ``Omega_i = (1/N) sum_n |g_i(x_n)|`` with ``g_i(x) = d ||F(x; theta)||_2^2
-      / d theta_i``, over the task's training samples, at the end of its training, in
-      eval mode. ``F`` is the network's output for the task: the logits of the paradigm's head
-      (TIL: the task's own head; CIL: the head over every class seen so far; DIL: the shared
-      head), not the backbone's features.
-    - Importances add up over tasks, ``Omega <- Omega + Omega_t``, around the latest parameters
-      ``theta*`` (so no earlier task's importance is lost).
-    - Loss on task t: ``L_t + lambda sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2).
+    - Importance of task $t$:
+
+        $$\Omega_i = \frac{1}{N} \sum_n \left| g_i(x_n) \right|
+        \quad \text{with} \quad
+        g_i(x) = \frac{\partial \lVert F(x; \theta) \rVert_2^2}{\partial \theta_i},$$
+
+        over the task's training samples, at the end of its training, in
+        eval mode. $F$ is the network's output for the task: the logits of the paradigm's head
+        (TIL: the task's own head; CIL: the head over every class seen so far; DIL: the shared
+        head), not the backbone's features.
+
+    - Importances add up over tasks, $\Omega \leftarrow \Omega + \Omega_t$, around the latest
+      parameters $\theta^*$ (so no earlier task's importance is lost).
+
+    - Loss on task $t$ (no $1/2$):
+
+        $$L_t + \lambda \sum_i \Omega_i \, (\theta_i - \theta^*_i)^2$$
 
     Args:
-        reg_lambda: ``lambda``.
-        importance_samples: training samples of the task used for ``Omega``; ``None``: all.
+        reg_lambda: $\lambda$.
+        importance_samples: training samples of the task used for $\Omega$; ``None``: all.
         **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
@@ -76,5 +86,5 @@ class MAS(ParameterPenaltyAlgorithm):
         return self.mean_over_task_samples(per_batch_sum, self.importance_samples)
 
     def update_penalty(self) -> None:
-        """``Omega <- Omega + Omega_t`` around the task's final parameters."""
+        r"""$\Omega \leftarrow \Omega + \Omega_t$ around the task's final parameters."""
         self.penalty.merge(self.penalised_parameters(), self.importance(), decay=1.0)

@@ -12,20 +12,23 @@ from clcore.heads.base import CLHeads
 
 
 class OnlineEWC(EWC):
-    """Online EWC (Schwarz et al., ICML 2018: the compress phase's "online EWC"), for TIL, CIL and DIL.
+    r"""Online EWC (Schwarz et al., ICML 2018: the compress phase's "online EWC"), for TIL, CIL and DIL.
 
     EWC's penalty grows by one term per task; online EWC keeps one:
 
-    - after task t: ``F* <- gamma F* + F_t`` (the running Fisher, decay ``gamma`` <= 1 lets old
-      tasks fade), ``theta* <- theta_t`` (the parameters at the end of task t);
-    - loss on task t+1: ``L_{t+1}(theta) + lambda/2 sum_i F*_i (theta_i - theta*_i)^2``.
+    - after task $t$: $F^* \leftarrow \gamma F^* + F_t$ (the running Fisher, decay $\gamma \le 1$
+      lets old tasks fade), $\theta^* \leftarrow \theta_t$ (the parameters at the end of task $t$);
 
-    ``F_t`` is EWC's diagonal Fisher on task t's training data (``fisher`` true or empirical, see
-    ``EWC``). With ``gamma = 1`` the importances of all tasks add up, but unlike EWC the single
+    - loss on task $t+1$:
+
+        $$L_{t+1}(\theta) + \frac{\lambda}{2} \sum_i F^*_i \, (\theta_i - \theta^*_i)^2$$
+
+    $F_t$ is EWC's diagonal Fisher on task $t$'s training data (``fisher`` true or empirical, see
+    ``EWC``). With $\gamma = 1$ the importances of all tasks add up, but unlike EWC the single
     penalty is centred on the latest parameters only.
 
     Args:
-        gamma: the decay of the running Fisher, in (0, 1].
+        gamma: the decay of the running Fisher, in $(0, 1]$.
         **kwargs: the other arguments, as for ``EWC``.
     """
 
@@ -65,5 +68,5 @@ class OnlineEWC(EWC):
         return problems
 
     def update_penalty(self) -> None:
-        """``F* <- gamma F* + F_t`` around the task's final parameters."""
+        r"""$F^* \leftarrow \gamma F^* + F_t$ around the task's final parameters."""
         self.penalty.merge(self.penalised_parameters(), self.fisher_diagonal(), decay=self.gamma)

@@ -15,11 +15,11 @@ from clcore.heads.base import CLHeads
 
 
 class PathIntegral:
-    """``omega_i = -sum_steps g_i * Delta theta_i``: each parameter's share of the loss decrease.
+    r"""$\omega_i = -\sum_{\text{steps}} g_i \, \Delta\theta_i$: each parameter's share of the loss decrease.
 
     Call ``before_step(parameters, gradients)`` with the task loss's gradient just before an
     optimiser step and ``after_step(parameters)`` just after it; ``omega`` then holds the running
-    sum. Along a continuous gradient-flow path ``sum_i omega_i`` is the loss decrease; with
+    sum. Along a continuous gradient-flow path $\sum_i \omega_i$ is the loss decrease; with
     discrete steps it is the first-order estimate the paper uses.
     """
 
@@ -44,35 +44,43 @@ class PathIntegral:
 
 
 def si_importance(omega: Tensors, delta: Tensors, xi: float) -> Tensors:
-    """``Omega_i = omega_i / ((Delta theta_i)^2 + xi)`` for one task (Eq. 5's summand).
+    r"""$\Omega_i = \omega_i / \left((\Delta\theta_i)^2 + \xi\right)$ for one task (Eq. 5's summand).
 
-    ``Delta theta_i`` is the parameter's total change over the task, ``xi`` the damping that keeps
-    the ratio bounded where a parameter barely moved. ``omega`` is left unclipped (it can be
+    $\Delta\theta_i$ is the parameter's total change over the task, $\xi$ the damping that keeps
+    the ratio bounded where a parameter barely moved. $\omega$ is left unclipped (it can be
     negative where a step went uphill), as the paper's definition.
     """
     return {name: omega[name] / (delta[name].square() + xi) for name in omega}
 
 
 class SI(ParameterPenaltyAlgorithm):
-    """Synaptic Intelligence (Zenke et al., ICML 2017), for TIL, CIL and DIL.
+    r"""Synaptic Intelligence (Zenke et al., ICML 2017), for TIL, CIL and DIL.
 
-    - During task t, every optimiser step adds ``-g_i * Delta theta_i`` to ``omega_i`` (the
-      path integral), ``g`` the gradient of the *task* loss ``L_t`` (the unregularised one: omega
-      measures each parameter's share in the decrease of ``L_t``, as in the paper): it is the optimiser's gradient minus the penalty's known
-      gradient ``2 c sum Omega (theta - theta~)``. Taken after the backward, before the step
+    - During task $t$, every optimiser step adds $-g_i \, \Delta\theta_i$ to $\omega_i$ (the
+      path integral), $g$ the gradient of the *task* loss $L_t$ (the unregularised one: $\omega$
+      measures each parameter's share in the decrease of $L_t$, as in the paper): it is the
+      optimiser's gradient minus the penalty's known gradient
+      $2c \, \Omega_i (\theta_i - \tilde\theta_i)$ for each parameter $i$. Taken after the backward, before the step
       (``on_before_optimizer_step``), so gradient clipping or accumulation do not change it.
-    - At the task's end: ``Omega_i <- Omega_i + omega_i / ((Delta_i)^2 + xi)`` with ``Delta_i`` the
-      parameter's change over the task (Eq. 5, the sum over earlier tasks); ``theta~`` becomes the
-      parameters at the task's end.
-    - Loss on task t: ``L_t + c sum_i Omega_i (theta_i - theta~_i)^2`` (Eq. 4; no 1/2).
+
+    - At the task's end (Eq. 5, the sum over earlier tasks):
+
+        $$\Omega_i \leftarrow \Omega_i + \frac{\omega_i}{(\Delta_i)^2 + \xi}$$
+
+        with $\Delta_i$ the parameter's change over the task; $\tilde\theta$ becomes the parameters
+        at the task's end.
+
+    - Loss on task $t$ (Eq. 4; no $1/2$):
+
+        $$L_t + c \sum_i \Omega_i \, (\theta_i - \tilde\theta_i)^2$$
 
     The parameters tracked are the ones that train, heads included (see
-    ``clcore.components.parameter_penalty``); a head new in task t starts its ``Delta`` at its
-    initial value. ``omega`` restarts every task, so a checkpoint after a task holds all SI needs.
+    ``clcore.components.parameter_penalty``); a head new in task $t$ starts its $\Delta$ at its
+    initial value. $\omega$ restarts every task, so a checkpoint after a task holds all SI needs.
 
     Args:
-        reg_lambda: ``c``, the strength of the surrogate loss (Eq. 4).
-        xi: the damping ``xi`` > 0 of Eq. 5.
+        reg_lambda: $c$, the strength of the surrogate loss (Eq. 4).
+        xi: the damping $\xi > 0$ of Eq. 5.
         **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
 
@@ -127,7 +135,7 @@ class SI(ParameterPenaltyAlgorithm):
         self.path_integral.after_step(dict(self.named_parameters()))
 
     def update_penalty(self) -> None:
-        """``Omega += omega / (Delta^2 + xi)`` around the task's final parameters (Eq. 5)."""
+        r"""$\Omega \mathrel{+}= \omega / (\Delta^2 + \xi)$ around the task's final parameters (Eq. 5)."""
         final = self.penalised_parameters()
         omega = {name: self.path_integral.omega.get(name, torch.zeros_like(p)) for name, p in final.items()}
         delta = {name: p.detach() - self._task_start.get(name, p.detach()) for name, p in final.items()}

@@ -1,21 +1,23 @@
-"""The importance-weighted distance to earlier parameters, ``sum_i Omega_i (theta_i - theta*_i)^2``.
+r"""The importance-weighted distance to earlier parameters, $\sum_i \Omega_i (\theta_i - \theta^*_i)^2$.
 
 EWC, online EWC, SI, MAS and L2 all add this quadratic penalty to the task loss; they differ in how
-the importance ``Omega`` is estimated, how terms of successive tasks combine, and the factor in
+the importance $\Omega$ is estimated, how terms of successive tasks combine, and the factor in
 front, each paper's own convention:
 
 - EWC (Kirkpatrick et al. 2017, Eq. 3, summed over earlier tasks): one term per earlier task,
-  ``L_t + lambda/2 sum_{s<t} sum_i F_{s,i} (theta_i - theta*_{s,i})^2``;
+  $L_t + \frac{\lambda}{2} \sum_{s<t} \sum_i F_{s,i} (\theta_i - \theta^*_{s,i})^2$;
 - online EWC (Schwarz et al. 2018): one merged term around the latest parameters,
-  ``L_t + lambda/2 sum_i F*_i (theta_i - theta*_{t-1,i})^2`` with ``F* <- gamma F* + F_{t-1}``;
-- SI (Zenke et al. 2017, Eq. 4-5): one merged term, ``Omega`` summed over tasks,
-  ``L_t + c sum_i Omega_i (theta_i - theta~_i)^2`` (no 1/2);
-- MAS (Aljundi et al. 2018): one merged term, ``Omega`` summed over tasks,
-  ``L_t + lambda sum_i Omega_i (theta_i - theta*_i)^2`` (no 1/2);
-- L2: one term replaced each task, ``Omega = 1``, ``L_t + lambda/2 sum_i (theta_i - theta*_{t-1,i})^2``.
+  $L_t + \frac{\lambda}{2} \sum_i F^*_i (\theta_i - \theta^*_{t-1,i})^2$ with
+  $F^* \leftarrow \gamma F^* + F_{t-1}$;
+- SI (Zenke et al. 2017, Eq. 4-5): one merged term, $\Omega$ summed over tasks,
+  $L_t + c \sum_i \Omega_i (\theta_i - \tilde\theta_i)^2$ (no $1/2$);
+- MAS (Aljundi et al. 2018): one merged term, $\Omega$ summed over tasks,
+  $L_t + \lambda \sum_i \Omega_i (\theta_i - \theta^*_i)^2$ (no $1/2$);
+- L2: one term replaced each task, $\Omega = 1$,
+  $L_t + \frac{\lambda}{2} \sum_i (\theta_i - \theta^*_{t-1,i})^2$.
 
-``ParameterPenalty`` (plain tensors, no Lightning) holds the anchors ``theta*`` and importances
-``Omega`` and evaluates ``sum Omega (theta - theta*)^2`` (no factor: the algorithm applies its own).
+``ParameterPenalty`` (plain tensors, no Lightning) holds the anchors $\theta^*$ and importances
+$\Omega$ and evaluates $\sum \Omega (\theta - \theta^*)^2$ (no factor: the algorithm applies its own).
 ``ParameterPenaltyAlgorithm`` is the ``CLAlgorithm`` side that the five share: it adds
 ``penalty_scale * penalty`` to the training loss, checkpoints the penalty in ``cl_state_dict``,
 and lets a subclass update it at the end of each task's training (``update_penalty``), with
@@ -50,12 +52,14 @@ Tensors = dict[str, Tensor]
 
 
 class ParameterPenalty:
-    """``sum_terms sum_i Omega_i (theta_i - theta*_i)^2`` over named parameters, as plain tensors.
+    r"""$\sum_{\text{terms}} \sum_i \Omega_i (\theta_i - \theta^*_i)^2$ over named parameters, as plain
+    tensors.
 
-    A term is an anchor ``theta*`` and an importance ``Omega``, each a ``{name: tensor}`` dict of the
+    A term is an anchor $\theta^*$ and an importance $\Omega$, each a ``{name: tensor}`` dict of the
     parameters it covers. ``add_term`` keeps one term per task (EWC); ``merge`` keeps a single term:
-    the anchor becomes the new one and ``Omega <- decay * Omega + Omega_new`` (online EWC: ``decay =
-    gamma``; SI, MAS: 1; L2: 0, i.e. replaced). A parameter new in ``Omega_new`` joins with its own
+    the anchor becomes the new one and
+    $\Omega \leftarrow \texttt{decay} \cdot \Omega + \Omega_{\text{new}}$ (online EWC: ``decay`` $= \gamma$;
+    SI, MAS: 1; L2: 0, i.e. replaced). A parameter new in $\Omega_{\text{new}}$ joins with its own
     importance. The state (``state_dict``) is tensors and lists only, for ``weights_only`` loading.
     """
 
@@ -92,7 +96,9 @@ class ParameterPenalty:
         return total
 
     def gradient(self, parameters: Mapping[str, Tensor]) -> Tensors:
-        """``d penalty / d theta_i = 2 sum_terms Omega_i (theta_i - theta*_i)`` for the covered parameters."""
+        r"""$\partial\text{penalty}/\partial\theta_i = 2\sum_{\text{terms}} \Omega_i (\theta_i - \theta^*_i)$
+        for the covered parameters.
+        """
         gradients: Tensors = {}
         with torch.no_grad():
             for anchor, importance in self.terms:
@@ -135,15 +141,16 @@ def _cpu(tensors: Mapping[str, Tensor]) -> Tensors:
 
 
 class ParameterPenaltyAlgorithm(CLAlgorithm):
-    """A ``CLAlgorithm`` whose loss is ``L_t + penalty_scale * ParameterPenalty`` (see the module doc).
+    r"""A ``CLAlgorithm`` whose loss is $L_t + \texttt{penalty_scale} \cdot \texttt{ParameterPenalty}$
+    (see the module doc).
 
-    A subclass sets ``penalty_scale`` (its paper's factor: ``lambda/2`` or ``lambda``) and
+    A subclass sets ``penalty_scale`` (its paper's factor: $\lambda/2$ or $\lambda$) and
     implements ``update_penalty``, called at the end of each task's training (``on_train_end``,
     inside ``fit``, so the task's training batches are at hand) to add or merge the task's term.
     The validation loss stays the plain task loss, so ``val/loss`` measures the task.
 
     Args:
-        reg_lambda: the penalty's strength (``lambda``, SI's ``c``); 0 trains as Finetuning.
+        reg_lambda: the penalty's strength ($\lambda$, SI's $c$); 0 trains as Finetuning.
         options: the subclass's own options, checked by ``config_problems`` with ``reg_lambda``.
         **kwargs: the other arguments, as for ``CLAlgorithm``.
     """
@@ -236,9 +243,9 @@ class ParameterPenaltyAlgorithm(CLAlgorithm):
         per_batch_sum: Callable[[Tensors, Tensor, Tensor, int], Tensors],
         num_samples: int | None = None,
     ) -> Tensors:
-        """``(1/N) sum_n q(x_n, y_n)`` over the current task's first ``num_samples`` training samples.
+        r"""$\frac{1}{N} \sum_n q(x_n, y_n)$ over the current task's first ``num_samples`` training samples.
 
-        ``per_batch_sum(params, x, targets, task_id)`` returns the sum of ``q`` over a batch, per
+        ``per_batch_sum(params, x, targets, task_id)`` returns the sum of $q$ over a batch, per
         parameter (``params`` are ``penalised_parameters``, detached). Batches are those of
         ``current_task_train_batches`` (prepared exactly as in training), in eval mode; ``None``
         takes every training sample. Under data parallelism the sums and counts of every process

@@ -1,36 +1,47 @@
-"""KFAC factors of the Gauss-Newton matrix of a feature extractor, computed once at theta_0.
+r"""KFAC factors of the Gauss-Newton matrix of a feature extractor, computed once at $\theta_0$.
 
 Porrello et al., "Dataless Weight Disentanglement in Task Arithmetic via Kronecker-Factored
-Approximate Curvature" (ICLR 2026, arXiv 2602.17385): a task vector tau interferes with task t
-through tau^T G_t tau, with G_t = E_x[J^T J] the Gauss-Newton matrix of the (optionally
-L2-normalised) features z(x) w.r.t. the fine-tuned parameters. Because G_t is too large to store,
-each selected ``nn.Linear`` s = W a (+ b) gets the Kronecker factorisation of Martens & Grosse
-(2015), G_W ~ A (x) B with
+Approximate Curvature" (ICLR 2026, arXiv 2602.17385): a task vector $\tau$ interferes with task $t$
+through $\tau^\top G_t \tau$, with $G_t = \mathbb{E}_x[J^\top J]$ the Gauss-Newton matrix of the
+(optionally L2-normalised) features $z(x)$ w.r.t. the fine-tuned parameters. Because $G_t$ is too
+large to store, each selected ``nn.Linear`` $s = W a \; (+\, b)$ gets the Kronecker factorisation
+of Martens & Grosse (2015), $G_W \approx A \otimes B$ with
 
-    A = E_n[a_n a_n^T]                  (input side; a 1 is appended to a when the bias trains)
-    B = E_n[sum_k g_{n,k} g_{n,k}^T]    (output side; g_{n,k} = d z_{n,k} / d s_n)
+$$
+\begin{aligned}
+A &= \mathbb{E}_n\left[a_n a_n^\top\right]
+    && \text{(input side; a 1 is appended to } a \text{ when the bias trains)} \\
+B &= \mathbb{E}_n\Big[\sum_k g_{n,k} \, g_{n,k}^\top\Big]
+    && \text{(output side; } g_{n,k} = \partial z_{n,k} / \partial s_n \text{)}
+\end{aligned}
+$$
 
-The sum over output dims k is what "backpropagating random projections" estimates: with
-r ~ N(0, I), g_r = sum_k r_k g_k satisfies E_r[g_r g_r^T] = sum_k g_k g_k^T, so ``num_samples``
-projections per example give an unbiased Monte Carlo B (the paper uses 1); ``num_samples=0``
-backpropagates every one-hot e_k instead (exact, one backward per feature dimension).
+The sum over output dims $k$ is what "backpropagating random projections" estimates: with
+$r \sim \mathcal{N}(0, I)$, $g_r = \sum_k r_k g_k$ satisfies
+$\mathbb{E}_r[g_r g_r^\top] = \sum_k g_k g_k^\top$, so ``num_samples`` projections per example give
+an unbiased Monte Carlo $B$ (the paper uses 1); ``num_samples=0`` backpropagates every one-hot
+$e_k$ instead (exact, one backward per feature dimension).
 
 Token convention ("tokens averaged over the sequence"): for an input with a sequence dimension,
-a_{n,l} / g_{n,l} per token l, A is built from the sequence-AVERAGED input and B from the
+$a_{n,l}$ / $g_{n,l}$ per token $l$, $A$ is built from the sequence-AVERAGED input and $B$ from the
 sequence-SUMMED output gradient (KFAC-reduce, Eschenhagen et al., NeurIPS 2023):
 
-    abar_n = (1/L) sum_l a_{n,l},   gbar_n = sum_l g_{n,l},   A = E[abar abar^T],  B = E[gbar gbar^T]
+$$\bar a_n = \frac{1}{L} \sum_l a_{n,l}, \quad \bar g_n = \sum_l g_{n,l}, \quad
+A = \mathbb{E}\left[\bar a \bar a^\top\right], \quad B = \mathbb{E}\left[\bar g \bar g^\top\right]$$
 
 not the average over tokens of per-token outer products. Sum-then-mean keeps the scale of the
-weight-shared Jacobian d z / d W = sum_l g_l a_l^T, and is exact when every token receives the same
-output gradient (e.g. a last linear layer followed by mean pooling; see ``tests/library/tak/test_kfac.py``).
+weight-shared Jacobian $\partial z / \partial W = \sum_l g_l a_l^\top$, and is exact when every
+token receives the same output gradient (e.g. a last linear layer followed by mean pooling; see
+``tests/library/tak/test_kfac.py``).
 
 Small parameter groups that are not linear layers (layer norms, class token, ...) get their full
-Gram matrix E_n[sum_k vec(dz_k/dp) vec(dz_k/dp)^T] instead, from per-example gradients with
+Gram matrix $\mathbb{E}_n\left[\sum_k \operatorname{vec}(\partial z_k / \partial p)
+\operatorname{vec}(\partial z_k / \partial p)^\top\right]$ instead, from per-example gradients with
 ``torch.func`` (the model must be vmappable for those groups).
 
-All factors are expectations (divided by the number of examples N), so the penalty
-tr(B dW A dW^T) approximates E_x ||J tau||^2, the mean squared change of the features.
+All factors are expectations (divided by the number of examples $N$), so the penalty
+$\operatorname{tr}(B \, dW A \, dW^\top)$ approximates $\mathbb{E}_x \lVert J \tau \rVert^2$, the mean
+squared change of the features.
 """
 
 from __future__ import annotations
@@ -56,10 +67,10 @@ class KFACFactors:
     """Curvature of one data set (or an accumulation of several, see ``__add__`` / ``scale``).
 
     Attributes:
-        kronecker: linear-layer module name -> (A, B); A is [in (+1 with bias), same], B is [out, out].
+        kronecker: linear-layer module name -> $(A, B)$; $A$ is [in (+1 with bias), same], $B$ is [out, out].
         gram: group name -> full Gram matrix over the concatenated flattened group parameters.
         gram_params: group name -> the parameter names, in the order they are flattened into G.
-        num_samples: N, the number of examples the expectations were taken over.
+        num_samples: $N$, the number of examples the expectations were taken over.
     """
 
     kronecker: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
@@ -68,7 +79,7 @@ class KFACFactors:
     num_samples: int = 0
 
     def __add__(self, other: KFACFactors) -> KFACFactors:
-        """Factor-wise sum (A1 + A2, B1 + B2, G1 + G2, N1 + N2).
+        """Factor-wise sum $(A_1 + A_2, B_1 + B_2, G_1 + G_2, N_1 + N_2)$.
 
         This is not the sum of the Kronecker products: summing the factors is the single-pair
         accumulation of Porrello et al. (2026), Eq. 8, used together with ``scale``.
@@ -95,10 +106,10 @@ class KFACFactors:
         return NotImplemented
 
     def scale(self, weight: float) -> KFACFactors:
-        """The factors of ``weight * G``: A and the Gram matrices are scaled, B is kept.
+        r"""The factors of $\texttt{weight} \cdot G$: $A$ and the Gram matrices are scaled, $B$ is kept.
 
-        Putting the weight on A only is what Eq. 8 (Porrello et al., 2026) needs:
-        sum_t factors_t.scale(w_t) holds (sum_t w_t A_t, sum_t B_t).
+        Putting the weight on $A$ only is what Eq. 8 (Porrello et al., 2026) needs:
+        $\sum_t$ ``factors_t.scale(w_t)`` holds $(\sum_t w_t A_t, \sum_t B_t)$.
         """
         kronecker = {name: (a * weight, b) for name, (a, b) in self.kronecker.items()}
         gram = {name: g * weight for name, g in self.gram.items()}
@@ -172,7 +183,8 @@ def compute_kfac_factors(
     seed: int | None = None,
     max_gram_size: int = DEFAULT_MAX_GRAM_SIZE,
 ) -> KFACFactors:
-    """KFAC factors of E_x[J^T J] for the features ``model(x)`` (Porrello et al., 2026; Martens & Grosse, 2015).
+    r"""KFAC factors of $\mathbb{E}_x[J^\top J]$ for the features ``model(x)`` (Porrello et al., 2026;
+    Martens & Grosse, 2015).
 
     Args:
         model: maps a batch of inputs to features [batch, dim]; run in eval mode here (restored after).
@@ -183,7 +195,7 @@ def compute_kfac_factors(
         gram_groups: group name -> parameter names whose full Gram matrix is kept
             (layer norms, class token, ...). Each group is at most ``max_gram_size`` numbers.
         num_samples: Monte Carlo projections per example; 0 = exact (one backward per feature dim).
-        normalize: take the Jacobian of z / ||z|| (CLIP's normalised features) instead of z.
+        normalize: take the Jacobian of $z / \lVert z \rVert$ (CLIP's normalised features) instead of $z$.
         dtype: accumulation dtype of the factors (float32 or float64).
         fraction, max_batches: use only the first ``ceil(fraction * len(data))`` batches,
             and at most ``max_batches``; shuffle the loader for a random subset.
@@ -191,7 +203,7 @@ def compute_kfac_factors(
         seed: seeds the Monte Carlo projections for reproducible factors.
 
     Returns:
-        ``KFACFactors`` holding expectations over the N examples seen.
+        ``KFACFactors`` holding expectations over the $N$ examples seen.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0 (0 = exact backward), got {num_samples}")

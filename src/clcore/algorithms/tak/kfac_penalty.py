@@ -1,22 +1,25 @@
-"""The TAK regulariser: the KFAC quadratic form of a weight update (Porrello et al., ICLR 2026).
+r"""The TAK regulariser: the KFAC quadratic form of a weight update (Porrello et al., ICLR 2026).
 
-While task t fine-tunes, its update tau is kept out of the directions the other tasks' features
-are sensitive to by penalising tau^T G tau, G the Gauss-Newton matrix of those tasks at theta_0
-(``kfac.compute_kfac_factors``). With G ~ A (x) B per linear layer (Martens & Grosse, 2015) the
-quadratic form of the update dW_aug = [dW, db] (bias as an extra column) is
+While task $t$ fine-tunes, its update $\tau$ is kept out of the directions the other tasks' features
+are sensitive to by penalising $\tau^\top G \tau$, $G$ the Gauss-Newton matrix of those tasks at
+$\theta_0$ (``kfac.compute_kfac_factors``). With $G \approx A \otimes B$ per linear layer (Martens &
+Grosse, 2015) the quadratic form of the update $dW_{\text{aug}} = [dW, db]$ (bias as an extra
+column) is
 
-    tr(B dW_aug A dW_aug^T),
+$$\operatorname{tr}\left(B \, dW_{\text{aug}} \, A \, dW_{\text{aug}}^\top\right),$$
 
-and vec(d)^T G vec(d) for the parameter groups that keep a full Gram matrix. Two ways to combine
-the factors of several tasks:
+and $\operatorname{vec}(d)^\top G \operatorname{vec}(d)$ for the parameter groups that keep a full
+Gram matrix. Two ways to combine the factors of several tasks:
 
-- Eq. 7 ("ideal"): one pair per task, sum_t w_t tr(B_t dW A_t dW^T), w_t = N_t / N.
-- Eq. 8 (default): one accumulated pair, tr((sum_t B_t) dW (sum_t w_t A_t) dW^T): memory of
-  one task whatever the number of tasks. Summing the B_t unweighted makes Eq. 8 about T times
-  Eq. 7 when the tasks are alike; the strength lambda absorbs that. Gram groups, which need no
-  factorisation, use sum_t w_t G_t under both equations.
+- Eq. 7 ("ideal"): one pair per task, $\sum_t w_t \operatorname{tr}(B_t \, dW A_t \, dW^\top)$,
+  $w_t = N_t / N$.
+- Eq. 8 (default): one accumulated pair,
+  $\operatorname{tr}\left((\sum_t B_t) \, dW (\sum_t w_t A_t) \, dW^\top\right)$: memory of
+  one task whatever the number of tasks. Summing the $B_t$ unweighted makes Eq. 8 about $T$ times
+  Eq. 7 when the tasks are alike; the strength $\lambda$ absorbs that. Gram groups, which need no
+  factorisation, use $\sum_t w_t G_t$ under both equations.
 
-The overall strength lambda (500 in the paper) multiplies the returned value in the caller;
+The overall strength $\lambda$ (500 in the paper) multiplies the returned value in the caller;
 ``scalers`` weights individual layers / groups (projection 0.1, norms and class token 10).
 """
 
@@ -35,10 +38,10 @@ WeightedFactors = Sequence[tuple[float, KFACFactors]]
 def accumulate_factors(
     factors: Sequence[KFACFactors], ideal: bool = False
 ) -> list[tuple[float, KFACFactors]]:
-    """Combine per-task factors for ``kfac_penalty`` with w_t = N_t / sum_s N_s.
+    r"""Combine per-task factors for ``kfac_penalty`` with $w_t = N_t / \sum_s N_s$.
 
     Returns ``[(w_t, factors_t), ...]`` for Eq. 7 (``ideal=True``) and
-    ``[(1.0, sum_t factors_t.scale(w_t))]``, i.e. (sum_t w_t A_t, sum_t B_t), for Eq. 8.
+    ``[(1.0, sum_t factors_t.scale(w_t))]``, i.e. $(\sum_t w_t A_t, \sum_t B_t)$, for Eq. 8.
     """
     if not factors:
         raise ValueError("accumulate_factors needs the factors of at least one task")
@@ -58,10 +61,12 @@ def kfac_penalty(
     *,
     strict: bool = True,
 ) -> Tensor:
-    """sum over terms of weight * scaler * (tr(B dW_aug A dW_aug^T) or vec(d)^T G vec(d)).
+    r"""sum over terms of weight $\times$ scaler $\times$
+    ($\operatorname{tr}(B \, dW_{\text{aug}} \, A \, dW_{\text{aug}}^\top)$ or
+    $\operatorname{vec}(d)^\top G \operatorname{vec}(d)$).
 
     Args:
-        deltas: parameter name -> update (theta - theta_0), differentiable; names as in the model
+        deltas: parameter name -> update $(\theta - \theta_0)$, differentiable; names as in the model
             the factors were computed on. A missing bias update of a factored layer counts as 0.
         curvature: one ``KFACFactors`` or the ``accumulate_factors`` output.
         scalers: layer (module) name or gram group name -> multiplier; unnamed ones use 1.
@@ -99,7 +104,9 @@ def kfac_penalty(
 
 
 def kronecker_quadratic_form(input_factor: Tensor, output_factor: Tensor, update: Tensor) -> Tensor:
-    """tr(B U A U^T) for U [out, in]: vec(U)^T (A (x) B) vec(U) without forming the Kronecker product."""
+    r"""$\operatorname{tr}(B U A U^\top)$ for $U$ [out, in]:
+    $\operatorname{vec}(U)^\top (A \otimes B) \operatorname{vec}(U)$ without forming the Kronecker product.
+    """
     dtype = torch.promote_types(update.dtype, input_factor.dtype)
     update = update.to(dtype)
     # tr(B U A U^T) = sum_ij (B U A)_ij U_ij: two matmuls instead of an (in*out)^2 matrix.
@@ -107,7 +114,7 @@ def kronecker_quadratic_form(input_factor: Tensor, output_factor: Tensor, update
 
 
 def gram_quadratic_form(gram: Tensor, flat_update: Tensor) -> Tensor:
-    """vec(d)^T G vec(d)."""
+    r"""$\operatorname{vec}(d)^\top G \operatorname{vec}(d)$."""
     dtype = torch.promote_types(flat_update.dtype, gram.dtype)
     flat_update = flat_update.to(dtype)
     return flat_update @ (gram.to(dtype) @ flat_update)

@@ -1,18 +1,24 @@
-"""A trainable update tau of selected parameters of a frozen network, applied in tangent space or not.
+r"""A trainable update $\tau$ of selected parameters of a frozen network, applied in tangent space or not.
 
 Porrello et al., "Dataless Weight Disentanglement in Task Arithmetic via Kronecker-Factored
-Approximate Curvature" (ICLR 2026, arXiv 2602.17385): task t fine-tunes an update tau_t of some
-parameters of the pre-trained network theta_0, which itself never changes. The network sees
+Approximate Curvature" (ICLR 2026, arXiv 2602.17385): task $t$ fine-tunes an update $\tau_t$ of some
+parameters of the pre-trained network $\theta_0$, which itself never changes. The network sees
 
-    tangent (Ortiz-Jimenez et al., NeurIPS 2023, Eq. 2):  f(x; theta_0) + J_theta f(x; theta_0) tau
-    non-linear (Ilharco et al., ICLR 2023):               f(x; theta_0 + tau)
+$$
+\begin{aligned}
+&\text{tangent (Ortiz-Jimenez et al., NeurIPS 2023, Eq. 2):}
+    && f(x; \theta_0) + J_\theta f(x; \theta_0) \, \tau \\
+&\text{non-linear (Ilharco et al., ICLR 2023):}
+    && f(x; \theta_0 + \tau)
+\end{aligned}
+$$
 
-the first with one forward-mode pass (``torch.func.jvp``) whose tangent is tau, the second with
-``torch.func.functional_call``. Because theta_0 stays in the network and tau is a separate set of
-tensors, a merged task vector is evaluated exactly like a trained one: pass it as ``delta``.
+the first with one forward-mode pass (``torch.func.jvp``) whose tangent is $\tau$, the second with
+``torch.func.functional_call``. Because $\theta_0$ stays in the network and $\tau$ is a separate set
+of tensors, a merged task vector is evaluated exactly like a trained one: pass it as ``delta``.
 
-tau is either a full tensor per parameter (initialised to zero) or, with LoRA (Hu et al., ICLR
-2022), ``up @ down`` with ``up`` [out, r] zeros and ``down`` [r, in] Kaiming-uniform, so tau = 0
+$\tau$ is either a full tensor per parameter (initialised to zero) or, with LoRA (Hu et al., ICLR
+2022), ``up @ down`` with ``up`` [out, r] zeros and ``down`` [r, in] Kaiming-uniform, so $\tau = 0$
 at the start of every task either way.
 """
 
@@ -33,7 +39,7 @@ def _key(name: str) -> str:
 
 
 class WeightDelta(nn.Module):
-    """tau for the parameters named in ``shapes``; ``lora_ranks[name]`` makes that entry low-rank.
+    r"""$\tau$ for the parameters named in ``shapes``; ``lora_ranks[name]`` makes that entry low-rank.
 
     ``materialize()`` returns ``{name: tau[name]}``, differentiable w.r.t. the trainable tensors.
     LoRA entries must be 2-D weights ``[out, in]``.
@@ -67,7 +73,9 @@ class WeightDelta(nn.Module):
 
     @torch.no_grad()
     def reset(self) -> None:
-        """tau = 0: full entries and LoRA ``up`` to zero, LoRA ``down`` Kaiming-uniform (as nn.Linear)."""
+        r"""$\tau = 0$: full entries and LoRA ``up`` to zero, LoRA ``down`` Kaiming-uniform (as
+        nn.Linear).
+        """
         for parameter in self.full.values():
             parameter.zero_()
         for up, down in zip(self.lora_up.values(), self.lora_down.values()):
@@ -83,7 +91,7 @@ class WeightDelta(nn.Module):
 
     @torch.no_grad()
     def load_full(self, vector: Mapping[str, Tensor]) -> None:
-        """Set tau to ``vector`` (every entry must be a full, non-LoRA entry)."""
+        r"""Set $\tau$ to ``vector`` (every entry must be a full, non-LoRA entry)."""
         if set(vector) != set(self.names):
             raise ValueError(
                 f"task vector entries differ from the updated parameters: {sorted(set(vector) ^ set(self.names))[:5]}"
@@ -96,10 +104,11 @@ class WeightDelta(nn.Module):
 
 
 def forward_with_delta(model: nn.Module, delta: Mapping[str, Tensor], inputs: Any, tangent: bool) -> Tensor:
-    """``model(inputs)`` at theta_0 + delta: linearised (first-order Taylor) if ``tangent``, else exact.
+    r"""``model(inputs)`` at $\theta_0$ + ``delta``: linearised (first-order Taylor) if ``tangent``, else
+    exact.
 
-    ``model`` holds theta_0; only the parameters named in ``delta`` are varied. Gradients reach
-    ``delta`` (the jvp's tangent is differentiable), never theta_0.
+    ``model`` holds $\theta_0$; only the parameters named in ``delta`` are varied. Gradients reach
+    ``delta`` (the jvp's tangent is differentiable), never $\theta_0$.
     """
     parameters = dict(model.named_parameters())
     missing = [name for name in delta if name not in parameters]
