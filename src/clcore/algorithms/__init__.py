@@ -14,7 +14,11 @@ _EXPORTS = {
     "Finetuning": "clcore.algorithms.finetuning",
     "Fix": "clcore.algorithms.fix",
     "HAT": "clcore.algorithms.hat",
+    "AdaHAT": "clcore.algorithms.adahat",
     "TAK": "clcore.algorithms.tak",
+    # parameter isolation on per-weight masks (clcore.components.weight_masks)
+    "PackNet": "clcore.algorithms.packnet",
+    "WSN": "clcore.algorithms.wsn",
     # regularisation baselines on one penalty block (clcore.components.parameter_penalty)
     "EWC": "clcore.algorithms.ewc",
     "OnlineEWC": "clcore.algorithms.online_ewc",
@@ -22,6 +26,8 @@ _EXPORTS = {
     "MAS": "clcore.algorithms.mas",
     "L2": "clcore.algorithms.l2",
     "LwF": "clcore.algorithms.lwf",
+    # plasticity: selective reinitialisation of low-utility units
+    "CBP": "clcore.algorithms.cbp",
     # reference rows of a results table
     "Joint": "clcore.algorithms.joint",
     "Independent": "clcore.algorithms.independent",

@@ -279,6 +279,12 @@ class HAT(CLAlgorithm):
             "cumulative_mask_sparsity": float(units_used(self.backbone.cumulative_mask())),
         }
 
+    @torch.no_grad()
+    def capacity_after_task(self, task_id: int) -> Tensor:
+        """``network_capacity`` under the cumulative mask right after task ``task_id`` (0-based),
+        from the stored masks (the capacity plot's curve; AdaHAT computes its own)."""
+        return self.network_capacity(self.backbone.previous_cumulative_mask(task_id + 1))
+
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, task_id: int, mode: str = "test", s: float | None = None) -> Tensor:
         return self.heads(self.backbone(x, task_id, mode, s), task_id)
@@ -323,7 +329,7 @@ class HAT(CLAlgorithm):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         self.manual_backward(loss)
-        self.adjust_gradients()
+        self.adjust_gradients(masks)
         self.compensate_embedding_gradients(task_id, s)
         optimizer.step()
         self.clamp_embeddings(task_id)
@@ -337,8 +343,12 @@ class HAT(CLAlgorithm):
         return loss
 
     @torch.no_grad()
-    def adjust_gradients(self) -> None:
-        """``g <- rate * g`` on every masked layer's weight and bias (Eq. 2 for ``hat``)."""
+    def adjust_gradients(self, masks: dict[str, Tensor] | None = None) -> None:
+        """``g <- rate * g`` on every masked layer's weight and bias (Eq. 2 for ``hat``).
+
+        ``masks``: this batch's training masks. HAT's rates do not depend on them (unused here);
+        AdaHAT's do (its network sparsity, ``clcore.algorithms.adahat``), so the step passes them.
+        """
         layers = self.backbone.masked_layers
         for name, (weight_rate, bias_rate) in self._adjustment.items():
             layer = layers[name]

@@ -98,10 +98,7 @@ class HATMaskPlots(CLCallback):
         fig.suptitle(f"HAT binary masks per task after task {tasks_seen} (black = unit used)", fontsize=9)
         masks_path = save_png(fig, folder / f"masks_after_task_{tasks_seen}.png", dpi=self.dpi)
 
-        capacity = [
-            float(algorithm.network_capacity(backbone.previous_cumulative_mask(k + 1)))
-            for k in range(tasks_seen)
-        ]
+        capacity = [float(algorithm.capacity_after_task(k)) for k in range(tasks_seen)]
         fig, axes = new_figure(4.5, 3.0, margins=(0.75, 0.15, 0.55, 0.15))
         ax = axes[0, 0]
         ax.plot(range(1, tasks_seen + 1), capacity, marker="o")

@@ -49,7 +49,7 @@ class RichSummary(CLCallback):
         if summary.get("fwt") is not None:
             line += f"  |  FWT {100 * summary['fwt']:+.2f} points"
         if summary.get("capacity"):
-            line += f"  |  capacity {100 * summary['capacity'][-1]:.1f}%"
+            line += f"  |  capacity left {100 * summary['capacity'][-1]:.1f}%"
         console.print(line)
         for text in self.file_lines(Path(trainer.default_root_dir).resolve()):
             console.print(text, highlight=False, soft_wrap=True)

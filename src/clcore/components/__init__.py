@@ -8,9 +8,12 @@ the algorithms import it (``docs/architecture.md``, "Shared building blocks"):
   ``sum_i Omega_i (theta_i - theta*_i)^2``, the penalty of EWC, online EWC, SI, MAS and L2, which
   differ only in how ``Omega`` is estimated;
 - ``distillation``: a distillation loss with temperature on old outputs (LwF; iCaRL and DER next);
+- ``weight_masks``: per-task binary masks over the weights of any backbone's Linear and Conv
+  layers, applied with ``torch.func.functional_call``, with earlier tasks' weights frozen (PackNet,
+  WSN);
 - reserved: a replay memory with its sampling policies (reservoir, class-balanced, herding) for
   ER, DER++, A-GEM, iCaRL, GDumb and ER-ACE.
 
-Mask layers (HAT, AdaHAT, PackNet, WSN) are backbones' layers and live in ``clcore.backbones``
+HAT's and AdaHAT's unit masks are backbones' layers and live in ``clcore.backbones``
 (``hat_mask.py``). A block is added with the first algorithm that uses it, never ahead of it.
 """
