@@ -232,7 +232,9 @@ def run_shape(algorithm: str, args) -> dict:
         "batch_size": cfg.benchmark.batch_size,
         "eval_batch_size": cfg.benchmark.eval_batch_size,
         "val_fraction": cfg.benchmark.val_fraction,
+        "optimizer": cfg.optimizer._target_.rsplit(".", 1)[-1].lower(),  # torch.optim.SGD -> sgd
         "lr": cfg.optimizer.lr,
+        "momentum": cfg.optimizer.get("momentum", 0.0),
     }
 
 

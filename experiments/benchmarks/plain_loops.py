@@ -24,6 +24,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -139,9 +140,15 @@ def _validate_epoch(
 
 
 def finetuning(
-    data: TaskData, num_tasks: int, seed: int, epochs: int, batch_size: int, eval_batch_size: int, lr: float
+    data: TaskData,
+    num_tasks: int,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    make_optimizer: Callable,
 ):
-    """Finetuning, TIL: backbone + one linear head per task, a fresh Adam per task."""
+    """Finetuning, TIL: backbone + one linear head per task, a fresh optimiser per task."""
     timer = {"setup": 0.0, "train": 0.0, "val": 0.0, "test": 0.0}
     started = time.perf_counter()
     seed_all(seed)
@@ -152,7 +159,7 @@ def finetuning(
         started = time.perf_counter()
         heads.append(nn.Linear(64, 10))
         parameters = [*backbone.parameters(), *heads.parameters()]
-        optimizer = torch.optim.Adam(parameters, lr=lr)
+        optimizer = make_optimizer(parameters)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
         timer["setup"] += time.perf_counter() - started
         backbone.train()
@@ -182,7 +189,7 @@ def hat(
     epochs: int,
     batch_size: int,
     eval_batch_size: int,
-    lr: float,
+    make_optimizer: Callable,
     s_max: float = 400.0,
     reg_factor: float = 0.75,
 ):
@@ -190,7 +197,7 @@ def hat(
     formula functions as clcore's ``HAT``, but none of Lightning, Hydra or the pipeline around them.
 
     Per batch: anneal s (Sec. 2.4), CE + c * R (Sec. 2.6), backward, Eq. 2 gradient adjustment by
-    the previous tasks' cumulative mask, embedding-gradient compensation (Sec. 2.5), Adam step,
+    the previous tasks' cumulative mask, embedding-gradient compensation (Sec. 2.5), the optimiser's step,
     clamp the embeddings to +-6. Validation with ``sigmoid(s_max e)`` masks after each epoch.
     After each task: store the binary mask, test with binary masks.
     """
@@ -214,9 +221,7 @@ def hat(
         heads.append(nn.Linear(64, 10))
         backbone.setup_task(task_id)
         backbone.initialise_task_embedding(task_id, "N01")
-        optimizer = torch.optim.Adam(
-            backbone.parameters_for_task(task_id) + list(heads[task_id].parameters()), lr=lr
-        )
+        optimizer = make_optimizer(backbone.parameters_for_task(task_id) + list(heads[task_id].parameters()))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + task_id)
         previous = backbone.previous_cumulative_mask(task_id)
         # Eq. 2 multipliers depend only on the previous tasks' masks: fixed for the whole task
@@ -273,6 +278,13 @@ def hat(
 LOOPS = {"finetuning": finetuning, "hat": hat}
 
 
+def optimizer_factory(args) -> Callable:
+    """The experiment's optimiser (clcore's ``optimizer=adam`` or ``sgd`` config, no weight decay)."""
+    if args.optimizer == "sgd":
+        return lambda parameters: torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum)
+    return lambda parameters: torch.optim.Adam(parameters, lr=args.lr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -285,7 +297,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-batch-size", type=int, default=4096)
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--momentum", type=float, default=0.0, help="SGD's momentum")
     parser.add_argument("--out", required=True, help="JSON file for the accuracy matrix and timestamps")
     args = parser.parse_args()
     if args.algorithm == "hat":  # the HAT loop's imports, done before the clock starts like the rest
@@ -298,7 +312,13 @@ def main() -> None:
     imports_done, imports_done_cpu = time.time(), time.process_time()
     data = permuted_mnist(args.root, args.tasks, args.seed, args.val_fraction)
     matrix, phases = LOOPS[args.algorithm](
-        data, args.tasks, args.seed, args.epochs, args.batch_size, args.eval_batch_size, args.lr
+        data,
+        args.tasks,
+        args.seed,
+        args.epochs,
+        args.batch_size,
+        args.eval_batch_size,
+        optimizer_factory(args),
     )
     stamps = {"imports_done": imports_done, "imports_done_cpu": imports_done_cpu}
     stamps.update({"end": time.time(), "end_cpu": time.process_time()})

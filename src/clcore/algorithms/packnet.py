@@ -155,12 +155,16 @@ class PackNet(WeightMaskAlgorithm):
         self._extended_loop = None
 
     # ---- masks -------------------------------------------------------------------------------
+    def used_by_task(self, task_id: int) -> Tensors:
+        """The weights owned by tasks ``1..task_id + 1``."""
+        last = task_id + 1
+        return {name: (owner > 0) & (owner <= last) for name, owner in self.owner.items()}
+
     def test_weights(self, task_id: int) -> Tensors:
         """Task ``task_id``'s network: the weights owned by tasks ``1..task_id + 1``, zeros elsewhere."""
-        last = task_id + 1
         return {
-            name: torch.where((owner > 0) & (owner <= last), self.masked_weight(name), 0.0)
-            for name, owner in self.owner.items()
+            name: torch.where(used, self.masked_weight(name), 0.0)
+            for name, used in self.used_by_task(task_id).items()
         }
 
     def _split_for_current_task(self) -> None:

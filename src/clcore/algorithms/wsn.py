@@ -141,6 +141,9 @@ class WSN(WeightMaskAlgorithm):
             return {name: masks[task_id] for name, masks in self.task_masks.items()}
         return {name: subnetwork_mask(self.score(name), self.c) for name in self.masked_names}
 
+    def used_by_task(self, task_id: int) -> Tensors:
+        return self.task_mask(task_id)
+
     def test_weights(self, task_id: int) -> Tensors:
         masks = self.task_mask(task_id)
         return {name: torch.where(masks[name], self.masked_weight(name), 0.0) for name in self.masked_names}

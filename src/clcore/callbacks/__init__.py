@@ -10,6 +10,7 @@ from clcore.callbacks.min_lr_stop import StopBelowLearningRate
 from clcore.callbacks.progress import TaskProgressBar, task_progress_bar
 from clcore.callbacks.result_plots import ResultPlots
 from clcore.callbacks.rich_summary import RichSummary
+from clcore.callbacks.weight_mask_plots import WeightMaskPlots
 
 __all__ = [
     "Attributions",
@@ -22,5 +23,6 @@ __all__ = [
     "RichSummary",
     "StopBelowLearningRate",
     "TaskProgressBar",
+    "WeightMaskPlots",
     "task_progress_bar",
 ]

@@ -200,6 +200,11 @@ class WeightMaskAlgorithm(CLAlgorithm):
             weight = self.masked_weight(name)
             weight.copy_(torch.where(self._trainable[name], weight, self._base[name]))
 
+    def used_by_task(self, task_id: int) -> Tensors:  # pragma: no cover - abstract
+        """Per masked weight, a bool mask of the entries task ``task_id``'s test network uses
+        (what ``WeightMaskPlots`` draws)."""
+        raise NotImplementedError
+
     def test_weights(self, task_id: int) -> Tensors:  # pragma: no cover - abstract
         raise NotImplementedError
 
