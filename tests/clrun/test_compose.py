@@ -26,3 +26,17 @@ def test_compose_without_a_folder_uses_clruns_run_folder_and_leaves_hydra_as_it_
 def test_importing_clrun_loads_neither_torch_nor_lightning():
     check = "import sys, clcore.clrun; bad = [m for m in ('torch', 'lightning') if m in sys.modules]; assert not bad, bad"
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+def test_another_optimiser_on_top_of_an_experiment_gets_its_own_options(tmp_path):
+    """hat_pmnist trains with SGD + momentum; `optimizer=adam` over it must be plain Adam (a
+    momentum key merged into Adam's options was refused)."""
+    import torch
+    from hydra.utils import instantiate
+
+    for experiment in ("hat_pmnist", "finetuning_pmnist", "fix_pmnist"):
+        shipped = compose([f"experiment={experiment}"], output_dir=tmp_path / experiment)
+        assert (shipped.optimizer.lr, shipped.optimizer.momentum) == (0.05, 0.9)
+        cfg = compose([f"experiment={experiment}", "optimizer=adam"], output_dir=tmp_path / experiment)
+        optimizer = instantiate(cfg.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))])
+        assert isinstance(optimizer, torch.optim.Adam) and "momentum" not in cfg.optimizer
