@@ -182,10 +182,12 @@ def test_a_run_stopped_in_task_3_and_resumed_continues_its_csv_tensorboard_and_w
         expected = EventAccumulator(str(reference / "logs" / "tensorboard" / f"task_{task}")).Reload()
         got = EventAccumulator(str(out / "logs" / "tensorboard" / f"task_{task}")).Reload()
         for tag in expected.Tags()["scalars"]:
-            # purge_step hides what the stopped task had logged after the checkpoint
-            assert [(e.step, e.value) for e in got.Scalars(tag)] == [
+            # purge_step hides what the stopped task had logged after the checkpoint. By step: the
+            # event files of one folder are read in file-name order, which is not always the order
+            # they were written in (names end in a counter compared as text: ".10" < ".9")
+            assert sorted((e.step, e.value) for e in got.Scalars(tag)) == sorted(
                 (e.step, e.value) for e in expected.Scalars(tag)
-            ], (task, tag)
+            ), (task, tag)
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(r.name.endswith(f"-{first_id}") for r in runs)  # one W&B run, continued
 

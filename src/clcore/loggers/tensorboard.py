@@ -10,6 +10,8 @@ task in the same colour in every chart, along the sequence-wide step. Metrics of
 
 A resumed run continues after the step of its last checkpoint: every writer is opened with
 ``purge_step`` one past it, so TensorBoard hides what the interrupted task had logged after it.
+Writers stay open from task to task (``finalize`` only flushes): one event file per writer and
+process.
 """
 
 from __future__ import annotations
@@ -69,7 +71,13 @@ class SequenceTensorBoardLogger(TensorBoardLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        super().finalize(status)
-        for writer in self._task_writers.values():
-            writer.flush()
-            writer.close()  # reopened on the next write (a new Trainer's task)
+        """Flush, but keep the writers open for the next task's Trainer.
+
+        Lightning closes the writer at the end of every ``fit`` and ``test``, and the next write
+        opens a new event file. TensorBoard reads a folder's files in name order, and the names end
+        in a counter compared as text (``.10`` before ``.9``), so files opened within one second could
+        be read out of order, and a resumed run's ``purge_step`` would then hide points written
+        after it. One file per writer and process avoids both. (The writing threads are daemons:
+        nothing waits for them at exit, and everything was flushed here.)
+        """
+        self.save()
