@@ -114,7 +114,9 @@ def run_sequence(cfg: DictConfig, extra_callbacks: list | None = None) -> Contin
             # Also restores the RNG states saved after that task: the next task starts as it would have.
             saved = checkpoint.read_checkpoint(resume_from)
             results = checkpoint.restore(saved, algorithm, untrained, callbacks)
-            last_step = int(saved.get("logging_step", 0))
+            # None for a checkpoint written before the step was recorded: the loggers then keep
+            # everything they hold, as before, rather than drop rows they cannot place
+            last_step = saved.get("logging_step")
             if is_first_process():
                 log.info("resuming from %s: tasks 1-%d done", resume_from, results.tasks_done)
         else:
