@@ -11,8 +11,9 @@ the algorithms import it (``docs/architecture.md``, "Shared building blocks"):
 - ``weight_masks``: per-task binary masks over the weights of any backbone's Linear and Conv
   layers, applied with ``torch.func.functional_call``, with earlier tasks' weights frozen (PackNet,
   WSN);
-- reserved: a replay memory with its sampling policies (reservoir, class-balanced, herding) for
-  ER, DER++, A-GEM, iCaRL, GDumb and ER-ACE.
+- ``replay_memory``: a fixed-size memory filled by reservoir sampling, with its own seeded
+  generator, and the logits/targets of a memory batch that mixes tasks (ER, DER, DER++; other
+  policies, class-balanced and herding, for A-GEM, iCaRL, GDumb and ER-ACE later).
 
 HAT's and AdaHAT's unit masks are backbones' layers and live in ``clcore.backbones``
 (``hat_mask.py``). A block is added with the first algorithm that uses it, never ahead of it.
