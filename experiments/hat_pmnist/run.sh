@@ -9,6 +9,6 @@ out=${OUT:-outputs/hat_pmnist_table}
 for seed in 1 2 3; do
   for algorithm in hat finetuning fix; do
     clrun experiment=${algorithm}_pmnist benchmark.root="$root" seed=$seed \
-      hydra.run.dir="$out/$algorithm/seed_$seed" trainer.enable_progress_bar=false "$@"
+      hydra.run.dir="$out/$algorithm/seed_$seed" "$@"
   done
 done

@@ -11,7 +11,7 @@ run() {
   name=$1
   shift
   clrun experiment=hat_pmnist benchmark.root="$root" benchmark.eval_split=val seed=1 \
-    trainer.enable_progress_bar=false hydra.run.dir="$out/$name/seed_1" "$@"
+    hydra.run.dir="$out/$name/seed_1" "$@"
 }
 run adam_1e-3_e5 optimizer=adam optimizer.lr=0.001 trainer.max_epochs=5  # the CLArena setting
 run sgd_0.05_e10 optimizer=sgd optimizer.lr=0.05 optimizer.momentum=0.0 trainer.max_epochs=10  # the HAT paper's rate

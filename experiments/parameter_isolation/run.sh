@@ -18,6 +18,6 @@ for seed in ${SEEDS:-1 2 3}; do
     esac
     [ -f "$out/$algorithm/seed_$seed/results/summary.json" ] && grep -q '"tasks_done": 10' "$out/$algorithm/seed_$seed/results/summary.json" && continue
     clrun "${experiment[@]}" benchmark.root="$root" seed=$seed \
-      hydra.run.dir="$out/$algorithm/seed_$seed" trainer.enable_progress_bar=false "$@"
+      hydra.run.dir="$out/$algorithm/seed_$seed" "$@"
   done
 done

@@ -10,6 +10,6 @@ out=${OUT:-outputs/parameter_isolation_tight}
 for seed in ${SEEDS:-1 2 3}; do
   for algorithm in hat adahat; do
     clrun experiment=hat_pmnist algorithm=$algorithm optimizer=adam optimizer.lr=0.001 trainer.max_epochs=5 \
-      benchmark.root="$root" seed=$seed hydra.run.dir="$out/$algorithm/seed_$seed" trainer.enable_progress_bar=false
+      benchmark.root="$root" seed=$seed hydra.run.dir="$out/$algorithm/seed_$seed"
   done
 done

@@ -19,7 +19,7 @@ from clcore.clrun.task_loop import run_sequence
 from clcore.config_rules import ConfigError
 from clcore.heads.til import HeadsTIL
 from tests.helpers import FailInTask
-from tests.library.test_packnet import OutputRecorder, assert_earlier_tasks_unchanged
+from tests.library.test_packnet import INVARIANT_SETTINGS, OutputRecorder, assert_earlier_tasks_unchanged
 
 CLRUN = str(Path(sys.executable).with_name("clrun"))
 SCORES = torch.tensor([[0.3, -0.9, 0.1, 0.5], [-0.2, 0.05, -0.6, 0.4]])
@@ -83,24 +83,7 @@ def test_earlier_tasks_weights_get_no_gradient_but_are_reused():
 
 
 # ---- the guarantee: earlier tasks' test outputs never change (BWT exactly 0) ----------------------
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ("optimizer.weight_decay=0.01",),
-        ("optimizer=sgd", "optimizer.momentum=0.9", "backbone.batch_norm=true"),
-        pytest.param(
-            (
-                "backbone=resnet18",
-                "trainer.limit_train_batches=2",
-                "trainer.limit_val_batches=1",
-                "benchmark.eval_batch_size=64",
-                "trainer.limit_test_batches=1",
-            ),
-            marks=pytest.mark.slow,
-        ),
-    ],
-    ids=["mlp-adam-weight-decay", "mlp-batchnorm-sgd-momentum", "resnet18"],
-)
+@INVARIANT_SETTINGS
 def test_earlier_tasks_test_outputs_never_change(make_config, overrides):
     outputs = OutputRecorder()
     cfg = make_config("algorithm=wsn", "benchmark.num_tasks=3", "save_checkpoints=false", *overrides)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clcore.callbacks.base import CLCallback
-from clcore.components.weight_masks import WeightMaskAlgorithm
+
+if TYPE_CHECKING:
+    from clcore.components.weight_masks import WeightMaskAlgorithm
 
 
 class WeightMaskPlots(CLCallback):
@@ -26,7 +29,12 @@ class WeightMaskPlots(CLCallback):
         self.output_subdir, self.dpi, self.plot = output_subdir, dpi, plot
 
     def on_sequence_end(self, trainer, algorithm, results=None) -> None:
-        if not self.plot or not isinstance(algorithm, WeightMaskAlgorithm) or not trainer.is_global_zero:
+        if not self.plot or not trainer.is_global_zero:
+            return
+        # imported here: the callback is in the default set, and most runs never need the mask block
+        from clcore.components.weight_masks import WeightMaskAlgorithm
+
+        if not isinstance(algorithm, WeightMaskAlgorithm):
             return
         if results is None or results.tasks_done == 0:
             return

@@ -31,7 +31,7 @@ from clcore.clrun.hydra_files import write_hydra_record
 from clcore.clrun.lock import is_first_process, output_folder_lock
 from clcore.config_rules import ConfigError
 from clcore.lightning_speed import entry_points_looked_up_once, use_cached_cuda_check
-from clcore.loggers.media import log_accuracy_matrix, log_images, run_images
+from clcore.loggers.media import log_accuracy_matrix, log_images
 from clcore.loggers.sequence_step import continue_logging_step, logging_step
 from clcore.metrics.names import task_metric
 from clcore.metrics.results import ContinualResults
@@ -198,7 +198,7 @@ def _run_tasks(cfg, run, benchmark, untrained, results, config_digest, fingerpri
             trainer = run.first_trainer
         _call(callbacks, "on_sequence_end", trainer, algorithm, results)
         if trainer.is_global_zero and trainer.loggers:  # the plots and maps, where a logger shows images
-            log_images(trainer.loggers, run_images(output_dir), step - 1)
+            log_images(trainer.loggers, output_dir, step - 1)
             for logger in trainer.loggers:
                 logger.save()
 

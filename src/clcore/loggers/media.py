@@ -33,10 +33,18 @@ def _markdown(columns: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def _showing(loggers: Iterable[Logger]) -> list[Logger]:
+    """The loggers that show tables and images (the others get none, and nothing is computed for them)."""
+    return [logger for logger in loggers if isinstance(logger, (WandbLogger, TensorBoardLogger))]
+
+
 def log_accuracy_matrix(loggers: Iterable[Logger], results, step: int) -> None:
     """R after the latest task, as a table: W&B ``Table``, TensorBoard text (a markdown table)."""
+    shown = _showing(loggers)
+    if not shown:
+        return
     columns, rows = accuracy_matrix_rows(results)
-    for logger in loggers:
+    for logger in shown:
         if isinstance(logger, WandbLogger):
             logger.log_table(key=ACCURACY_MATRIX_KEY, columns=columns, data=rows, step=step)
         elif isinstance(logger, TensorBoardLogger):
@@ -44,13 +52,14 @@ def log_accuracy_matrix(loggers: Iterable[Logger], results, step: int) -> None:
             logger.experiment.add_text(ACCURACY_MATRIX_KEY, text, step)
 
 
-def log_images(loggers: Iterable[Logger], images: Mapping[str, Path], step: int) -> None:
-    """PNG files as images, under their keys (``plots/acc_matrix``)."""
-    if not images:
-        return
-    shown = [logger for logger in loggers if isinstance(logger, (WandbLogger, TensorBoardLogger))]
+def log_images(loggers: Iterable[Logger], images: Mapping[str, Path] | Path, step: int) -> None:
+    """PNG files as images, under their keys (``plots/acc_matrix``); a folder: the run's images in
+    it (``run_images``), looked for only when a logger shows images."""
+    shown = _showing(loggers)
     if not shown:
         return
+    if isinstance(images, Path):
+        images = run_images(images)
     from matplotlib.image import imread
 
     for key, path in images.items():
