@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: install test test-fast lint format run docs bench clean
+.PHONY: install test test-fast lint format run docs bench bench-replay clean
 
 install:  ## venv + editable install with every extra and the dev tools (bytecode compiled: start-up 26 s -> 6 s where PYTHONDONTWRITEBYTECODE is set)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ run:  ## the offline default experiment (override with ARGS="experiment=hat_pmni
 docs:  ## documentation site into site/ (equations typeset by the MathJax that the docs extra installs: no CDN)
 	$(BIN)/mkdocs build --strict
 
-bench:  ## the clrun commands as users type them: each default's cost, a hand-written loop, start-up (experiments/benchmarks/, ~30 min)
+bench:  ## the clrun commands as users type them: each default's cost, a hand-written loop, start-up, a replay step against a plain one (experiments/benchmarks/, ~35 min)
 	$(BIN)/python experiments/benchmarks/bench.py
+	$(BIN)/python experiments/benchmarks/replay_step.py --root data/mnist-from-test
+
+bench-replay:  ## only the replay step against a plain step (~3 min)
+	$(BIN)/python experiments/benchmarks/replay_step.py --root data/mnist-from-test
 
 .PHONY: bench-peers
 bench-peers:  ## opt-in: clrun side by side with CLArena 1.1.0 and Avalanche 0.6 (own venvs in ~/.cache/clcore-peers)

@@ -172,6 +172,13 @@ CASES = [
         "no_training_batches", ["trainer.limit_train_batches=0"], ["trainer.limit_train_batches=0", "nothing"]
     ),
     Case("negative_seed", ["seed=-1"], ["seed=-1"]),
+    # a replay memory larger than the sequence's training set (permuted digits: 3 x 1293 samples)
+    Case(
+        "replay_memory_above_the_data",
+        ["algorithm=er", "algorithm.memory_size=5120"],
+        ["algorithm.memory_size=5120 exceeds the 3879 training samples"],
+    ),
+    Case("replay_memory_zero", ["algorithm=derpp", "algorithm.memory_size=0"], ["algorithm.memory_size=0"]),
     Case(
         "eval_split_unknown",
         ["benchmark.eval_split=train"],

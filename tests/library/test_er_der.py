@@ -61,3 +61,22 @@ def test_er_and_derpp_end_to_end_in_cil(make_config):
     assert finetuning.acc_matrix[-1, :-1].max() < 0.1
     assert er.acc_matrix[-1, :-1].mean() > 0.2
     assert aa["er"] > aa["ft"] + 0.15, aa
+
+
+def test_der_in_cil_has_every_class_from_task_1_and_predicts_among_the_seen(make_config):
+    """DER's CIL head (Mammoth's convention): every class of the sequence from task 1, so the
+    memory records logits for later classes too; validation and test use the classes seen."""
+    from clcore.callbacks import CLCallback
+
+    seen = []
+
+    class Widths(CLCallback):
+        def on_task_end(self, trainer, algorithm, task_id, results):
+            x = trainer.datamodule.prepare_batch(trainer.datamodule.task_split("test", 0).images[:4], 0)
+            seen.append((algorithm(x, task_id).shape[1], algorithm.eval_logits(x, task_id).shape[1]))
+            assert algorithm.memory.logits.shape[1] == 6  # recorded over all 6 classes
+
+    run_sequence(make_config(*TINY, "algorithm=der", subdir="der"), [Widths()])
+    assert seen == [(6, 2), (6, 4), (6, 6)]
+    grown = run_sequence(make_config(*TINY, "algorithm=der", "algorithm.full_cil_head=false", subdir="grown"))
+    assert grown.acc_matrix.shape == (3, 3)

@@ -86,7 +86,8 @@ def test_sample_is_distinct_stored_samples_and_bytes_are_reported():
     batch = memory.sample(4)
     assert batch["labels"].unique().numel() == 4
     assert batch["inputs"].dtype == torch.uint8 and batch["logits"].shape == (4, 3)
-    assert memory.memory_bytes() == 6 * 1 + 6 * 8 * 3 + 6 * 3 * 4
+    # inputs (uint8), labels, task ids, class ids, widths (int64), logits (float32)
+    assert memory.memory_bytes() == 6 * 1 + 6 * 8 * 4 + 6 * 3 * 4
     assert memory.sample(100)["labels"].numel() == 6
 
 

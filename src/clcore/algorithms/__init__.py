@@ -26,10 +26,14 @@ _EXPORTS = {
     "MAS": "clcore.algorithms.mas",
     "L2": "clcore.algorithms.l2",
     "LwF": "clcore.algorithms.lwf",
-    # replay on one reservoir memory (clcore.components.replay_memory)
+    # replay on one memory block (clcore.components.replay_memory)
     "ER": "clcore.algorithms.er",
     "DER": "clcore.algorithms.der",
     "DERpp": "clcore.algorithms.der",
+    "ICaRL": "clcore.algorithms.icarl",
+    "AGEM": "clcore.algorithms.agem",
+    "GDumb": "clcore.algorithms.gdumb",
+    "ERACE": "clcore.algorithms.er_ace",
     # plasticity: selective reinitialisation of low-utility units
     "CBP": "clcore.algorithms.cbp",
     # reference rows of a results table

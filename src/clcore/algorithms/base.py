@@ -150,6 +150,12 @@ class CLAlgorithm(LightningModule):
             )
         return problems
 
+    @classmethod
+    def benchmark_problems(cls, options: Mapping[str, Any], benchmark) -> list[str]:
+        """Problems only the loaded benchmark shows (e.g. a replay memory larger than the data);
+        read by ``clrun``'s pre-flight check once the data is loaded. ``options`` as above."""
+        return []
+
     @property
     def paradigm(self) -> str:
         return self.heads.paradigm

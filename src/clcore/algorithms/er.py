@@ -6,45 +6,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
-from clcore.backbones.base import CLBackbone
-from clcore.components.replay_memory import (
-    ReplayMemory,
-    masked_cross_entropy,
-    replay_logits,
-    replay_targets,
-)
-from clcore.heads.base import CLHeads
+from clcore.algorithms.replay import ReplayAlgorithm, batch_task_ids
+from clcore.components.replay_memory import masked_cross_entropy, replay_logits, replay_targets
 from clcore.metrics.names import task_metric
 
 
-def replay_option_problems(options) -> list[str]:
-    """The options every replay algorithm shares: ``memory_size``, ``memory_batch_size``, ``seed``."""
-    problems = []
-    size = options.get("memory_size", 200)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        problems.append(
-            f"algorithm.memory_size={size!r}: must be an integer > 0 (samples kept; e.g. 200 or 500)"
-        )
-    batch = options.get("memory_batch_size")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0):
-        problems.append(
-            f"algorithm.memory_batch_size={batch!r}: must be an integer > 0, or null for the training batch size"
-        )
-    seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        problems.append(f"algorithm.seed={seed!r}: must be an integer (the run seed: ${{seed}}) or null")
-    return problems
-
-
-def batch_task_ids(task_id: int | Tensor, batch_size: int, device) -> Tensor:
-    """One task id per sample of a training batch (a batch carries one id or a tensor of them)."""
-    if isinstance(task_id, Tensor):
-        return task_id.to(device).long().expand(batch_size)
-    return torch.full((batch_size,), int(task_id), dtype=torch.int64, device=device)
-
-
-class ER(CLAlgorithm):
+class ER(ReplayAlgorithm):
     r"""Experience Replay with a reservoir memory (Chaudhry et al. 2019, Algorithm 1 with Sec. 4's
     reservoir update).
 
@@ -73,45 +40,20 @@ class ER(CLAlgorithm):
             seed (``torch.initial_seed()``), read without consuming the global RNG.
     """
 
-    @classmethod
-    def config_problems(cls, options, *, paradigm=None, backbone_type=None) -> list[str]:
-        """The setting's rules (``CLAlgorithm``) and the memory's options."""
-        problems = super().config_problems(options, paradigm=paradigm, backbone_type=backbone_type)
-        return problems + replay_option_problems(options)
-
-    def __init__(
-        self,
-        backbone: CLBackbone,
-        heads: CLHeads,
-        optimizer: OptimizerFactory,
-        num_tasks: int,
-        lr_scheduler: SchedulerFactory | None = None,
-        lr_scheduler_monitor: str = "val/loss",
-        memory_size: int = 200,
-        memory_batch_size: int | None = None,
-        seed: int | None = None,
-    ) -> None:
-        options = dict(memory_size=memory_size, memory_batch_size=memory_batch_size, seed=seed)
-        super().__init__(backbone, heads, optimizer, num_tasks, lr_scheduler, lr_scheduler_monitor, options)
-        self.memory_batch_size = memory_batch_size
-        self.memory = ReplayMemory(memory_size, torch.initial_seed() if seed is None else seed)
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        x, labels, task_id = batch
-        if len(self.memory) == 0:
-            loss = self.loss(self(x, task_id), self.heads.targets(labels, task_id))
+        images, labels, task_id = batch  # uint8 images (``ReplayAlgorithm``)
+        task_ids = batch_task_ids(task_id, images.shape[0], images.device)
+        if len(self.memory) > 0:
+            replay = self.memory.sample(self.memory_batch_size_for(images.shape[0]))
+            task_ids = torch.cat([task_ids, replay["task_ids"]])
+            labels_all = torch.cat([labels, replay["labels"]])
+            images_all = torch.cat([images, replay["inputs"]])
         else:
-            replay = self.memory.sample(self.memory_batch_size or x.shape[0])
-            task_ids = torch.cat([batch_task_ids(task_id, x.shape[0], x.device), replay["task_ids"]])
-            inputs = torch.cat([x, replay["inputs"].to(x.dtype)])
-            logits, valid = replay_logits(self.heads, self.backbone(inputs), task_ids)
-            targets = replay_targets(self.heads, torch.cat([labels, replay["labels"]]), task_ids)
-            loss = masked_cross_entropy(logits, valid, targets)
-        self.memory.add(x, labels, task_id)
+            labels_all, images_all = labels, images
+        inputs = self.prepare_inputs(images_all, task_ids)
+        logits, valid = replay_logits(self.heads, self.backbone(inputs), task_ids)
+        loss = masked_cross_entropy(logits, valid, replay_targets(self.heads, labels_all, task_ids))
+        self.remember(images, labels, task_id)
         if self.is_logging_step(batch_idx):
             self.log(task_metric("train/loss", task_id), loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
-
-    def on_task_end(self, task_id: int) -> dict[str, float]:
-        """The memory's footprint (``memory_bytes``) and fill (``memory_samples``)."""
-        return {"memory_bytes": float(self.memory.memory_bytes()), "memory_samples": float(len(self.memory))}

@@ -168,6 +168,9 @@ class CLBenchmark(LightningDataModule):
         """Base-data class ids of task ``task_id``, in local-label order."""
         raise NotImplementedError
 
+    # Whether ``task_transform`` differs from task to task (Permuted, Rotated: true; Split: false).
+    transform_depends_on_task: bool = False
+
     def task_transform(self, x: Tensor, task_id: int) -> Tensor:
         """Per-task transform of a normalised float batch ``[B, C, H, W]`` (default: none)."""
         return x
@@ -339,8 +342,12 @@ class CLBenchmark(LightningDataModule):
         """``prepare_batch`` for a batch mixing tasks: each sample gets its own task's transform.
 
         One ``prepare_batch`` per task present in the batch (a loop over tasks, not samples), each
-        written back to its rows; ``task_ids`` is ``[B]``, on ``images.device``.
+        written back to its rows; ``task_ids`` is ``[B]``, on ``images.device``. Where the
+        transform is the same for every task (``transform_depends_on_task`` false: Split), one
+        call on the whole batch, without reading the task ids on the host.
         """
+        if not self.transform_depends_on_task:
+            return self.prepare_batch(images, 0)
         out = None
         for task_id in task_ids.unique().tolist():
             rows = (task_ids == task_id).nonzero().squeeze(1)
@@ -363,6 +370,16 @@ class CLBenchmark(LightningDataModule):
         return images.to(device, non_blocking=True), labels.to(device, non_blocking=True), task_id
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Prepares each batch on its device (``prepare_batch``), except training batches for an
+        algorithm that prepares them itself (``prepares_training_inputs``: replay keeps the uint8
+        images in its memory and prepares them with the memory batch, ``prepare_mixed_batch``)."""
+        trainer = self.trainer
+        if (
+            trainer is not None
+            and trainer.training
+            and getattr(trainer.lightning_module, "prepares_training_inputs", False)
+        ):
+            return batch
         images, labels, task_id = batch
         if isinstance(task_id, Tensor):
             return self.prepare_mixed_batch(images, task_id), labels, task_id

@@ -20,6 +20,8 @@ class PermutedBenchmark(CLBenchmark):
     ``permute_first_task=false`` task 1 sees the original images.
     """
 
+    transform_depends_on_task = True
+
     # One [H*W] index permutation per task is held in memory; beyond this it is a mistake.
     MAX_TASKS = 10_000
 

@@ -28,6 +28,8 @@ class RotatedBenchmark(CLBenchmark):
     The rotation is torchvision's batched tensor rotation (bilinear), run on the batch's device.
     """
 
+    transform_depends_on_task = True
+
     def __init__(
         self,
         source: str,

@@ -94,6 +94,9 @@ def preflight(cfg: DictConfig) -> RunPlan:
     if located["benchmark"] is not None and not benchmark_problems and not data_problems:
         benchmark, build_problems = _loaded_benchmark(cfg.benchmark)
         problems += build_problems
+        algorithm = located["algorithm"]
+        if benchmark is not None and isinstance(algorithm, type) and issubclass(algorithm, CLAlgorithm):
+            problems += algorithm.benchmark_problems(_options(plain, "algorithm"), benchmark)
     # With the data loaded: a checkpoint written on other data is not continued from.
     fingerprint = benchmark.data_fingerprint() if benchmark is not None else None
     resume_from, resume_problems = _resume_plan(cfg, fingerprint)
