@@ -307,3 +307,30 @@ def test_a_file_planted_as_the_last_checkpoint_is_refused_quickly_unread_and_kep
     assert time.monotonic() - started < 60, "start-up hung on the planted file"
     assert not (out / "payload_ran").exists()
     assert _tree(out) == before
+
+
+# ---- replay: the memory and its generator survive a SIGKILL ----------------------------------------
+@pytest.mark.parametrize("algorithm", ["er", "derpp"])
+def test_replay_killed_mid_sequence_resumes_to_the_same_matrix(make_config, tmp_path, algorithm):
+    """SIGKILL (no handler runs) in the middle of task 3 of Split Digits, class-incremental; the same
+    command then continues from task 2's checkpoint, whose memory buffers and generator state give
+    the same replay draws as an uninterrupted run: the same accuracy matrix, to the last digit."""
+    run = ["benchmark=split_digits", "paradigm=cil", "benchmark.num_tasks=4", "trainer.max_epochs=2"]
+    run += [f"algorithm={algorithm}", "algorithm.memory_size=100"]
+    out, marker = tmp_path / "run", tmp_path / "inside"
+    command = [*run, *QUIET, f"hydra.run.dir={out}", *_stalled(marker, 3)]
+    victim = subprocess.Popen(
+        [CLRUN, *command], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        reference = run_sequence(make_config(*run, subdir="reference"))
+        os.kill(_wait_for(marker, victim), signal.SIGKILL)
+        victim.communicate(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    assert victim.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) == ["task_1.ckpt", "task_2.ckpt"]
+    resumed = _clrun(*command)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert (out / "results" / "acc_matrix.csv").read_text() == reference.acc_matrix_csv()
