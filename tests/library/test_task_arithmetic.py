@@ -242,16 +242,18 @@ def test_ta_is_scaled_sum():
 
 
 def test_ties_hand_computed():
-    # k = 0.5 of 6 entries: each task keeps its 3 largest magnitudes (over "w" and "b" together).
+    # k = 0.5 of 6 entries: each task keeps int(0.5 * 6) + 1 = 4 (the official TIES count) of its
+    # largest magnitudes (over "w" and "b" together), and any entry tied with the 4th:
+    # task 1 keeps 4, 3, 2, -1; task 2 -6, -5, 2, -1; task 3 4, -3, -2 and both magnitudes 1 (-1, 1).
     vectors = [
-        {"w": torch.tensor([[4.0, -1.0], [2.0, 0.1]]), "b": torch.tensor([3.0, -0.2])},  # keeps 4, 3, 2
-        {"w": torch.tensor([[2.0, -6.0], [-1.0, 0.3]]), "b": torch.tensor([-5.0, 0.4])},  # keeps -6, -5, 2
-        {"w": torch.tensor([[-1.0, -2.0], [-3.0, 0.5]]), "b": torch.tensor([1.0, 4.0])},  # keeps 4, -3, -2
+        {"w": torch.tensor([[4.0, -1.0], [2.0, 0.1]]), "b": torch.tensor([3.0, -0.2])},
+        {"w": torch.tensor([[2.0, -6.0], [-1.0, 0.3]]), "b": torch.tensor([-5.0, 0.4])},
+        {"w": torch.tensor([[-1.0, -2.0], [-3.0, 0.5]]), "b": torch.tensor([1.0, 4.0])},
     ]
-    # elected signs: w00 +(4+2), w01 -(-6-2), w10 -(2-3), w11 none, b0 -(3-5), b1 +(4)
-    # disjoint means: w00 (4+2)/2, w01 (-6-2)/2, w10 -3/1, w11 0, b0 -5/1, b1 4/1
+    # elected signs: w00 +(4+2-1), w01 -(-1-6-2), w10 -(2-1-3), w11 none, b0 -(3-5+1), b1 +(4)
+    # disjoint means: w00 (4+2)/2, w01 (-1-6-2)/3, w10 (-1-3)/2, w11 0, b0 -5/1, b1 4/1
     merged = ties(vectors, k=0.5, alpha=1.0)
-    torch.testing.assert_close(merged["w"], torch.tensor([[3.0, -4.0], [-3.0, 0.0]]))
+    torch.testing.assert_close(merged["w"], torch.tensor([[3.0, -3.0], [-2.0, 0.0]]))
     torch.testing.assert_close(merged["b"], torch.tensor([-5.0, 4.0]))
     _assert_vectors_close(ties(vectors, k=0.5, alpha=2.0), 2 * merged)
     single = ties(vectors[:1], k=1.0)

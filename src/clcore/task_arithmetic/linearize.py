@@ -8,15 +8,35 @@ Pre-Trained Models", NeurIPS 2023 (linearised fine-tuning):
 The Jacobian-vector product is one forward-mode pass (``torch.func.jvp`` over
 ``torch.func.functional_call``): roughly the cost of two to three ordinary forward passes, with no
 Jacobian ever materialised. The task vector of a model fine-tuned in this space is ``theta - theta_0``.
+
+What is linearised: by default the network's own output f, as Ortiz-Jimenez et al. do (their CLIP
+classification head normalises the linearised features afterwards). An ``output_map`` g (a
+parameter-free function of the output, e.g. ``normalize_features``) is linearised together with
+the network instead: the model is then
+
+    g(f(x; theta_0)) + J_theta (g o f)(x; theta_0) (theta - theta_0),
+
+the first-order Taylor expansion of g o f. The reference implementation of TAK (Porrello et al.,
+ICLR 2026) linearises the L2-normalised image features this way; the two differ to first order by
+the radial part of J f (theta - theta_0), which the normalisation removes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+
+OutputMap = Callable[[Any], Any]
+
+
+def normalize_features(features: Tensor) -> Tensor:
+    """L2 normalisation along the last dimension (``F.normalize``): an ``output_map`` for CLIP-style features."""
+    return F.normalize(features, dim=-1)
 
 
 def _escape(name: str) -> str:
@@ -58,14 +78,19 @@ class LinearizedModel(nn.Module):
     - Buffers (normalisation statistics, masks) pass through unlinearised: the forward sees the
       model's current buffers, and in-place updates it makes (BatchNorm running stats) are kept.
     - ``forward(*args, **kwargs)`` takes whatever the wrapped model takes.
+    - ``output_map`` (default None: the model's output itself): a parameter-free function g of the
+      output, linearised with the model, so the output is g(f(theta_0)) + J (g o f)(theta_0) (theta -
+      theta_0) (module docstring). It must be picklable (a module-level function) for the wrapped
+      model to be saved whole.
 
     Weight decay on ``parameters()`` decays theta, not theta - theta_0; regularise the delta with
     ``delta()`` if that is what is meant.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, output_map: OutputMap | None = None) -> None:
         super().__init__()
         self.model = model
+        self.output_map = output_map
         self.theta0 = _FrozenParameters(list(model.named_parameters()))
         if hasattr(model, "output_dim"):
             # Lets a linearised backbone stand where a CLBackbone is expected (heads read output_dim).
@@ -90,6 +115,8 @@ class LinearizedModel(nn.Module):
             # copies, returned as aux (plain values) and written back below.
             local_buffers = {name: buffer.clone() for name, buffer in buffers.items()}
             output = functional_call(self.model, (params, local_buffers), args, kwargs)
+            if self.output_map is not None:
+                output = self.output_map(output)  # g o f is what gets linearised
             return output, local_buffers
 
         try:

@@ -13,9 +13,33 @@ Methods and knobs (defaults in brackets):
   survivors by 1/(1-p), then ``ta``.  [p=0.9, alpha=1.0, seed=0]
 - ``iso``  Iso-C (Marczak et al., "No Task Left Behind", ICML 2025): per 2-D weight M = mean_t tau_t,
   M = U S V^T, merged = alpha * mean(S) * U V^T; other entries averaged.  [alpha=1.0]
+- ``iso_cts`` Iso-CTS (same paper): per 2-D weight, the top singular directions of sum_t tau_t (the
+  common subspace, a fraction ``common_space_fraction`` of the rank) joined by each task's top
+  directions outside it, orthogonalised, with a flat spectrum; other entries averaged.
+  [common_space_fraction=0.8, alpha=1.0]
 - ``tsv``  TSV-M (Gargiulo et al., "Task Singular Vectors", CVPR 2025): per 2-D weight keep each task's top r/T
   singular triplets, concatenate, orthogonalise U and V (U' = P Q^T from the SVD U = P Sigma Q^T),
   merged = alpha * U' diag(S) V'^T; other entries averaged.  [alpha=1.0]
+
+These are the papers' definitions, as their official code computes them:
+
+- ``ties`` trims over the whole task vector flattened (every entry, 1-D ones included), with one
+  magnitude threshold per task vector, and keeps int(k * n) + 1 of its n entries (``ties_keep_count``)
+  as the official ``topk_values_mask`` (prateeky2806/ties-merging, ``src/utils/merge_utils.py``)
+  does, ties with the threshold included. One difference: an entry whose trimmed values sum to
+  exactly 0 has no elected sign and merges to 0 (Alg. 1's sgn(0) = 0); the official code gives it
+  the sign of the majority of the elected signs instead.
+- ``dare`` drops entries of every tensor, 1-D ones included, from a generator of its own seeded
+  with ``seed`` (never the global RNG); all masks are drawn in one call, so a task's mask depends
+  on the other vectors merged with it.
+- ``iso_cts`` follows the official code (danielm1405/iso-merging, ``src/utils/iso.py``) step by step
+  (``iso_cts_matrix``), at its scale: the common subspace is the *sum*'s, so alpha is the paper's
+  alpha (``iso`` uses the mean: its alpha is T times the paper's).
+
+TAK (``clcore.algorithms.tak.merging``) merges after each task with these definitions under its
+``convention="paper"``; its default ``convention="mammoth"`` computes TIES and DARE as TAK's
+reference implementation (Mammoth) does instead: TIES trimmed per 2-D tensor (a threshold per task
+and tensor) with 1-D entries summed untouched, and DARE dropping entries of 2-D tensors only.
 
 Inputs are ``TaskVector``s of one kind (or plain ``{name: tensor}`` dicts, treated as standard
 vectors) with identical entries; the output has the inputs' kind.
@@ -67,13 +91,23 @@ def ta(task_vectors: TaskVectors, alpha: float = 1.0) -> TaskVector:
 
 
 # -- ties -------------------------------------------------------------------------------------
+def ties_keep_count(num_entries: int, k: float) -> int:
+    """How many of ``num_entries`` entries TIES keeps for a fraction ``k``: int(k * n) + 1, at most n.
+
+    The official code (``topk_values_mask``) keeps the entries at least as large in magnitude as
+    the (n - int(n * k))-th smallest, i.e. int(n * k) + 1 of them when magnitudes are distinct;
+    with k = 1 it would ask for the 0-th smallest, here every entry is kept.
+    """
+    return min(num_entries, int(num_entries * k) + 1)
+
+
 def _magnitude_threshold(vector: dict[str, Tensor], k: float) -> Tensor:
-    """The magnitude of the round(k * n)-th largest entry of the whole vector (n entries in all).
+    """The magnitude of the ``ties_keep_count(n, k)``-th largest entry of the whole vector (n entries).
 
     One threshold per task vector over all its entries, as in the TIES reference implementation.
     """
     magnitudes = torch.cat([tensor.abs().flatten() for tensor in vector.values()])
-    keep = max(1, round(k * magnitudes.numel()))
+    keep = ties_keep_count(magnitudes.numel(), k)
     return magnitudes.kthvalue(magnitudes.numel() - keep + 1).values
 
 
@@ -93,7 +127,8 @@ def ties(task_vectors: TaskVectors, k: float = 0.2, alpha: float = 1.0) -> TaskV
     """TIES-Merging (Yadav et al. 2023): trim to top-k magnitudes, elect sign, disjoint mean, * alpha.
 
     ``k`` is the fraction in (0, 1] of each task vector's entries kept (the paper's top-k%, 20% by
-    default); entries tied with the threshold magnitude are kept too.
+    default): ``ties_keep_count(n, k)`` = int(k * n) + 1 of its n entries, as the official code;
+    entries tied with the threshold magnitude are kept too.
     """
     _check_fraction("k", k, low_open=True, high_open=False)
     _check_alpha(alpha)
@@ -194,12 +229,91 @@ def tsv(task_vectors: TaskVectors, alpha: float = 1.0) -> TaskVector:
     return kind(merged)
 
 
+# -- iso_cts ----------------------------------------------------------------------------------
+def iso_cts_sizes(rank: int, num_tasks: int, common_space_fraction: float) -> tuple[int, int]:
+    """(common, per_task): the common subspace's size and each task's, for a weight of rank ``rank``.
+
+    As the official code: common = int(rank * fraction), then the task-specific part rank - common is
+    rounded (Python's ``round``) to a multiple of the number of tasks and the common part takes the
+    rest, so that common + num_tasks * per_task = rank. Where that rounding would make the
+    task-specific part larger than the rank (only for rank < about num_tasks; the official code then
+    slices with a negative index), it is rounded down instead.
+    """
+    common = int(rank * common_space_fraction)
+    task_specific = round((rank - common) / num_tasks) * num_tasks
+    if task_specific > rank:
+        task_specific = (rank - common) // num_tasks * num_tasks
+    return rank - task_specific, task_specific // num_tasks
+
+
+def iso_cts_matrix(matrices: Tensor, common_space_fraction: float = 0.8) -> Tensor:
+    """Iso-CTS of one 2-D weight from the task matrices ``matrices`` [T, m, n] (alpha = 1).
+
+    With r = min(m, n) and (c, d) = ``iso_cts_sizes(r, T, common_space_fraction)``:
+
+    1. the common subspace: the top c singular triplets (U_c, S_c, V_c) of M = sum_t tau_t;
+    2. each task's subspace: the top d singular triplets of tau_t - U_c U_c^T tau_t (its part outside
+       the common left subspace);
+    3. the T * d task directions and the c common ones side by side (r in all), U and V each
+       orthogonalised (the polar factor P Q^T of X = P Sigma Q^T);
+    4. a flat spectrum: every singular value replaced by the mean of the r collected ones.
+
+    Returns mean(S) * U' V'^T in the input's dtype (factorised in float32 at least).
+    """
+    num_tasks, rows, cols = matrices.shape
+    common, per_task = iso_cts_sizes(min(rows, cols), num_tasks, common_space_fraction)
+    work = matrices.to(torch.promote_types(matrices.dtype, torch.float32))
+    left, values, right_t = torch.linalg.svd(work.sum(dim=0), full_matrices=False)
+    common_left, common_values, common_right_t = left[:, :common], values[:common], right_t[:common]
+    if per_task > 0:
+        outside = work - common_left @ (common_left.T @ work)  # [T, m, n]
+        task_left, task_values, task_right_t = torch.linalg.svd(outside, full_matrices=False)
+    else:  # every direction is a common one
+        task_left, task_values, task_right_t = (
+            left.new_zeros(num_tasks, rows, 0),
+            values.new_zeros(num_tasks, 0),
+            right_t.new_zeros(num_tasks, 0, cols),
+        )
+    # [T, m, d] -> [m, T*d] and [T, d, n] -> [T*d, n]: task t's directions are t*d .. t*d+d-1
+    left_all = torch.cat(
+        [task_left[:, :, :per_task].permute(1, 0, 2).reshape(rows, num_tasks * per_task), common_left],
+        dim=1,
+    )
+    right_all = torch.cat([task_right_t[:, :per_task, :].reshape(num_tasks * per_task, cols), common_right_t])
+    values_all = torch.cat([task_values[:, :per_task].reshape(-1), common_values])
+    merged = values_all.mean() * _orthogonalise(left_all) @ _orthogonalise(right_all.T).T
+    return merged.to(matrices.dtype)
+
+
+def iso_cts(task_vectors: TaskVectors, common_space_fraction: float = 0.8, alpha: float = 1.0) -> TaskVector:
+    """Iso-CTS (Marczak et al. 2025): ``iso_cts_matrix`` per 2-D weight; other entries averaged; * alpha.
+
+    ``common_space_fraction`` in [0, 1] is the share of each weight's rank given to the common
+    subspace (the official default 0.8). With fraction 1, or with a single task vector, every
+    direction is the common one and the result is the isotropic merge of the sum (Iso-C on the
+    sum: T * ``iso``'s on 2-D weights). Like the official code, 2-D weights use the sum of the task
+    matrices and other entries their mean, so alpha is the paper's alpha.
+    """
+    _check_fraction("common_space_fraction", common_space_fraction, low_open=False, high_open=False)
+    _check_alpha(alpha)
+    vectors, kind = unpack_task_vectors(task_vectors)
+    merged = {}
+    for name in vectors[0]:
+        stacked = _stacked(vectors, name)
+        if stacked.dim() == 3:
+            merged[name] = alpha * iso_cts_matrix(stacked, common_space_fraction)
+        else:
+            merged[name] = alpha * stacked.mean(dim=0)
+    return kind(merged)
+
+
 # -- one entry point --------------------------------------------------------------------------
 MERGE_METHODS: dict[str, Callable[..., TaskVector]] = {
     "ta": ta,
     "ties": ties,
     "dare": dare,
     "iso": iso,
+    "iso_cts": iso_cts,
     "tsv": tsv,
 }
 
@@ -208,6 +322,7 @@ _KNOBS = {
     "ties": {"k", "alpha"},
     "dare": {"p", "alpha", "seed"},
     "iso": {"alpha"},
+    "iso_cts": {"common_space_fraction", "alpha"},
     "tsv": {"alpha"},
 }
 

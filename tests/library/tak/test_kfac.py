@@ -139,19 +139,21 @@ def test_normalised_outputs_over_many_points_expectation_vs_kronecker() -> None:
     )
 
 
-def test_token_inputs_use_mean_input_and_summed_output_gradient() -> None:
-    """[B, L, d] inputs pooled by a mean: KFAC-reduce is exact; per-token outer products are not."""
+def test_token_inputs_reduce_mode_uses_mean_input_and_summed_output_gradient() -> None:
+    """[B, L, d] inputs pooled by a mean: KFAC-reduce is exact; per-token outer products (the
+    default, the reference's KFAC-expand, see test_kfac_conventions.py) are not."""
     torch.manual_seed(0)
     model = TokenLinear(4, 3).to(F64)
     inputs = torch.randn(5, 7, 4, dtype=F64)
     names = ["linear.weight", "linear.bias"]
-    factors = compute_kfac_factors(
-        model, batches(inputs, 2), kfac_params=names, num_samples=0, normalize=False, dtype=F64
-    )
+    common = dict(kfac_params=names, num_samples=0, normalize=False, dtype=F64)
+    factors = compute_kfac_factors(model, batches(inputs, 2), token_mode="reduce", **common)
     gauss_newton = exact_gauss_newton(model, inputs, names, normalize=False)
     deltas = random_deltas(model, names, torch.Generator().manual_seed(3))
     tau = flat(deltas, names)
     torch.testing.assert_close(kfac_penalty(deltas, factors), tau @ gauss_newton @ tau)
+    expand = compute_kfac_factors(model, batches(inputs, 2), **common)
+    assert not torch.isclose(kfac_penalty(deltas, expand), tau @ gauss_newton @ tau, rtol=1e-2)
 
     # The same tokens fed sequence-first ([L, B, d]) give the same factors.
     class SequenceFirst(nn.Module):
@@ -170,6 +172,7 @@ def test_token_inputs_use_mean_input_and_summed_output_gradient() -> None:
         normalize=False,
         dtype=F64,
         sequence_first=True,
+        token_mode="reduce",
     )
     for got, expected in zip(sequence_first.kronecker["linear"], factors.kronecker["linear"]):
         torch.testing.assert_close(got, expected)
@@ -179,6 +182,7 @@ def test_token_inputs_use_mean_input_and_summed_output_gradient() -> None:
 
 
 def test_monte_carlo_output_factors_converge_to_exact() -> None:
+    """S samples are summed (the reference's convention): B / S converges to the exact B."""
     model = mlp()
     inputs = torch.randn(12, 6, dtype=F64, generator=torch.Generator().manual_seed(0))
     names = linear_param_names(model)
@@ -189,7 +193,7 @@ def test_monte_carlo_output_factors_converge_to_exact() -> None:
     def relative_error(num_samples: int) -> float:
         estimate = compute_kfac_factors(model, data, num_samples=num_samples, seed=4, **common)
         errors = [
-            torch.linalg.norm(estimate.kronecker[name][1] - b) / torch.linalg.norm(b)
+            torch.linalg.norm(estimate.kronecker[name][1] / num_samples - b) / torch.linalg.norm(b)
             for name, (_, b) in exact.kronecker.items()
         ]
         for name, (a, _) in exact.kronecker.items():  # A does not depend on the projections

@@ -131,7 +131,7 @@ def test_eq7_and_eq8_agree_with_one_other_task_and_differ_with_two(tmp_path):
 
 def test_store_only_pass_keeps_fisher_task_id_and_trains_without_penalty(tmp_path):
     benchmark = digits(3)
-    algorithm = mlp_tak(3, tmp_path, load_fisher=False, fisher_task_id=2)
+    algorithm = mlp_tak(3, tmp_path, load_fisher=False, fisher_task_id=1)  # 0-based: the second task
     assert algorithm._prepare_curvature(benchmark, 0) is None and not algorithm.factor_store.is_cached(
         benchmark, 0
     )
@@ -182,6 +182,35 @@ def test_schedules_warm_up_and_decay_as_the_reference():
     step = lr_multiplier("step", total_steps=100)
     assert [step(s) for s in (0, 9, 10, 69, 70, 89, 90)] == pytest.approx([0.1, 1.0, 1.0, 1.0, 0.5, 0.5, 0.1])
     assert lr_multiplier("none", 10)(7) == 1.0
+
+
+def test_cosine_plus_and_decay_are_the_reference_cosine_lr():
+    """The reference's cosine_lr(opt, lr, warmup, steps, min_lr) sets, at step s,
+    lr * (s + 1) / warmup while s < warmup, else min_lr + 0.5 * (1 + cos(pi * e / es)) * lr with
+    e = s - warmup, es = steps - warmup; as multipliers of lr (values worked out by hand)."""
+    # cosine_plus: warmup = int(0.1 * steps) = 10 of 100 steps, min_lr = 0.1 * lr.
+    plus = lr_multiplier("cosine_plus", total_steps=100, warmup_steps=500)  # warmup_steps: cosine's only
+    expected = {
+        0: 0.1,  # 1 / 10
+        4: 0.5,  # 5 / 10
+        9: 1.0,  # 10 / 10
+        10: 1.1,  # e = 0: 0.1 + 0.5 * (1 + 1)
+        40: 0.85,  # e / es = 30 / 90 = 1/3: 0.1 + 0.5 * (1 + 0.5)
+        55: 0.6,  # e / es = 1/2: 0.1 + 0.5
+        100: 0.1,  # e = es: 0.1 + 0.5 * (1 - 1)
+    }
+    assert {s: plus(s) for s in expected} == pytest.approx(expected, abs=1e-12)
+    small = lr_multiplier("cosine_plus", total_steps=9)  # int(0.9) = 0: no warm-up at all
+    assert small(0) == pytest.approx(1.1) and small(9) == pytest.approx(0.1)
+    # decay: no warm-up, min_lr = 0, over n_epochs * num_batches BATCHES (not divided by virtual_bs_n).
+    decay = lr_multiplier("decay", total_steps=60, warmup_steps=500)
+    expected = {0: 1.0, 20: 0.75, 30: 0.5, 40: 0.25, 60: 0.0}  # 0.5 * (1 + cos(pi * s / 60))
+    assert {s: decay(s) for s in expected} == pytest.approx(expected, abs=1e-12)
+    # virtual_bs_n = 2 over 120 batches: 60 optimiser steps, the horizon stays 120 batches.
+    halved = lr_multiplier("decay", total_steps=60, total_batches=120)
+    assert halved(40) == pytest.approx(0.75) and halved(60) == pytest.approx(
+        0.5
+    )  # ends at 0.5 (1 + cos(pi / 2))
 
 
 # ---- whole sequences -------------------------------------------------------------------------------
@@ -315,14 +344,19 @@ def test_tiny_clip_sequence_merges_sweeps_saves_and_reloads(make_config, tmp_pat
 
     # The accuracy matrix is the merged model's: theta_0 + tau_1 + tau_2 (ta, alpha "one"), rebuilt
     # independently from the saved vectors with the library's LinearizedModel, on the zero-shot heads.
+    # TAK's default tangent (tangent_of: normalised) linearises the normalised features, as the
+    # reference; the head sees them normalised again (the reference's ClassificationHead(normalize=True)).
     from clcore.task_arithmetic import LinearizedModel
+    from clcore.task_arithmetic.linearize import normalize_features
 
     vectors = [TaskVector.load(out / "task_vectors" / f"task_{t}.pt") for t in (1, 2)]
     assert all(v.kind == "linear" for v in vectors) and all(float(v.norm()) > 0 for v in vectors)
     merged = sum(vectors)
     for name, tensor in algorithm._merged.items():
         torch.testing.assert_close(tensor.cpu(), merged[name])
-    merged_model = merged.apply_to(LinearizedModel(copy.deepcopy(algorithm.backbone)))
+    merged_model = merged.apply_to(
+        LinearizedModel(copy.deepcopy(algorithm.backbone), output_map=normalize_features)
+    )
     for task in (0, 1):
         split = benchmark.task_split("test", task)
         x = benchmark.prepare_batch(split.images, task)

@@ -25,8 +25,8 @@ BAD_OPTIONS = [
     ({"alpha_merging": math.inf}, ["algorithm.alpha_merging=inf"]),
     ({"fisher_cache": "hf://someone/fisher"}, ["algorithm.fisher_cache='hf://someone/fisher'", "remote"]),
     ({"fisher_cache": "https://example.org/kfac"}, ["algorithm.fisher_cache", "remote", "local folder"]),
-    ({"fisher_task_id": 3}, ["algorithm.fisher_task_id=3", "1..2"]),
-    ({"fisher_task_id": 0}, ["algorithm.fisher_task_id=0"]),
+    ({"fisher_task_id": 2}, ["algorithm.fisher_task_id=2", "0..1", "0-based"]),  # task indices 0, 1
+    ({"fisher_task_id": -1}, ["algorithm.fisher_task_id=-1", "0..1"]),
     ({"train_percent": 1.5}, ["algorithm.train_percent=1.5", "(0, 1]"]),
     ({"train_percent": 0}, ["algorithm.train_percent=0", ">= 1"]),
     ({"train_percent": "all"}, ["algorithm.train_percent='all'"]),
@@ -34,7 +34,16 @@ BAD_OPTIONS = [
     ({"fp_precision": "fp16"}, ["algorithm.fp_precision='fp16'", "fp32, fp64"]),
     ({"virtual_bs_n": 0}, ["algorithm.virtual_bs_n=0", ">= 1"]),
     ({"virtual_bs_n": 1.5}, ["algorithm.virtual_bs_n=1.5"]),
-    ({"scheduler": "linear"}, ["algorithm.scheduler='linear'", "cosine, step, none"]),
+    ({"scheduler": "linear"}, ["algorithm.scheduler='linear'", "cosine, cosine_plus, decay, step, none"]),
+    ({"tangent_of": "normalized"}, ["algorithm.tangent_of='normalized'", "normalised, raw"]),
+    ({"tangent_of": None}, ["algorithm.tangent_of=None", "normalised, raw"]),
+    ({"kfac_token_mode": "mean"}, ["algorithm.kfac_token_mode='mean'", "expand, reduce"]),
+    ({"merge_convention": "ilharco"}, ["algorithm.merge_convention='ilharco'", "mammoth, paper"]),
+    (
+        {"merging": "iso_cts", "iso_cts_common_fraction": 1.5},
+        ["algorithm.iso_cts_common_fraction=1.5", "[0, 1]"],
+    ),
+    ({"seed": -3}, ["algorithm.seed=-3", "integer >= 0"]),
     ({"reg_lambda": -1.0}, ["algorithm.reg_lambda=-1.0", ">= 0"]),
     ({"reg_lambda": math.nan}, ["algorithm.reg_lambda=nan"]),
     ({"merging": "dare", "dare_p": 1.0}, ["algorithm.dare_p=1.0", "[0, 1)"]),
@@ -76,9 +85,51 @@ def test_the_constructor_reports_every_problem_at_once(tmp_path):
         assert f"algorithm.{key}" in message
 
 
+def test_the_new_choice_options_are_refused_all_at_once_and_their_values_pass(tmp_path):
+    bad = {"tangent_of": "linear", "kfac_token_mode": "sum", "merge_convention": "ties", "scheduler": "warm"}
+    problems = TAK.config_problems({"num_tasks": 2, "fisher_task_id": 2, **bad})
+    assert len(problems) == 5, problems
+    for key in (*bad, "fisher_task_id"):
+        assert sum(f"algorithm.{key}=" in problem for problem in problems) == 1, key
+    with pytest.raises(ConfigError) as refused:
+        mlp_tak(2, tmp_path, fisher_task_id=2, **bad)
+    assert refused.value.problems == TAK.config_problems(
+        {
+            "num_tasks": 2,
+            "load_fisher": True,
+            "fisher_cache": str(tmp_path),
+            "train_percent": 0.5,
+            "fisher_task_id": 2,
+            **bad,
+        }
+    )
+    good = (
+        [{"tangent_of": value} for value in ("normalised", "raw")]
+        + [{"kfac_token_mode": value} for value in ("expand", "reduce")]
+        + [{"merge_convention": value} for value in ("mammoth", "paper")]
+        + [{"scheduler": value} for value in ("cosine", "cosine_plus", "decay", "step", "none")]
+    )
+    for options in good:
+        assert TAK.config_problems({"num_tasks": 2, **options}) == [], options
+    algorithm = mlp_tak(2, tmp_path, tangent_of="raw", kfac_token_mode="reduce", merge_convention="paper")
+    assert (algorithm.tangent_of, algorithm.kfac_token_mode, algorithm.merge_convention) == (
+        "raw",
+        "reduce",
+        "paper",
+    )
+    defaults = mlp_tak(2, tmp_path)  # the reference's computation by default
+    assert (defaults.tangent_of, defaults.kfac_token_mode, defaults.merge_convention) == (
+        "normalised",
+        "expand",
+        "mammoth",
+    )
+
+
 def test_absent_options_take_the_constructor_defaults_and_those_pass():
     assert TAK.config_problems({}) == []
-    assert TAK.config_problems({"fisher_task_id": 7}) == []  # without num_tasks only 1-based is checked
+    assert TAK.config_problems({"fisher_task_id": 7}) == []  # without num_tasks only >= 0 is checked
+    assert TAK.config_problems({"num_tasks": 3, "fisher_task_id": 0}) == []  # 0 is the first task
+    assert TAK.config_problems({"num_tasks": 3, "fisher_task_id": 2}) == []  # and 2 the last
     assert TAK.config_problems({"load_task_vectors": True, "load_path": "runs/a/task_vectors"}) == []
 
 
@@ -108,6 +159,22 @@ def test_preflight_reads_the_rules_that_depend_on_the_run(make_config):
     with pytest.raises(ConfigError) as refused:
         preflight(cfg)
     problems = "\n".join(refused.value.problems)
-    assert "algorithm.fisher_task_id=3: must be a task number in 1..2" in problems
+    assert "algorithm.fisher_task_id=3: must be a task index in 0..1" in problems
     assert "set lr_scheduler=null" in problems
     assert not Path(cfg.paths.output_dir, "config.yaml").exists()  # refused before anything was written
+
+
+def test_the_options_reach_the_factors_and_the_merge(tmp_path):
+    """kfac_token_mode reaches the factor store (and its cache key); the merge convention, the run
+    seed (DARE's masks) and Iso-CTS's share reach every merge TAK makes."""
+    algorithm = mlp_tak(
+        2,
+        tmp_path,
+        kfac_token_mode="reduce",
+        merge_convention="paper",
+        seed=7,
+        merging="dare",
+        iso_cts_common_fraction=0.6,
+    )
+    assert algorithm.factor_store.token_mode == "reduce"
+    assert algorithm._merge_conventions == {"convention": "paper", "seed": 7, "common_space_fraction": 0.6}

@@ -5,8 +5,7 @@ Task Arithmetic via Kronecker-Factored Approximate Curvature", ICLR 2026, arXiv 
 
 Each task t fine-tunes an update tau_t of chosen backbone parameters (``tak_parameters``) while the
 pre-trained weights theta_0 stay in place (``clcore.algorithms.tak.weight_delta``), in tangent
-space by default (the linearised network f(x; theta_0) + J tau, Ortiz-Jimenez et al. 2023) or
-non-linearly. The loss is
+space by default or non-linearly. The loss is
 
     CE(head_t(z(x; tau_t)), y) + lambda * R(tau_t),    z = normalised image features,
 
@@ -17,6 +16,14 @@ projection's term times ``fisher_ft_proj_scaler``. Eq. 7 (``fisher_ideal``) keep
 per task weighted by N_t / N; Eq. 8 (default) one accumulated pair (sum_t w_t A_t, sum_t B_t).
 The penalty is added once per optimiser step, i.e. once per virtual batch of ``virtual_bs_n``
 batches, whose cross-entropy gradients are averaged (gradient accumulation).
+
+Tangent space (``tangent_of``): with ``normalised`` (the default, the reference implementation) the
+network linearised is g = normalize o f, the L2-normalised features:
+z = normalize(g(x; theta_0) + J_theta g(x; theta_0) tau), the outer normalisation being the
+reference's classification head's (``ClassificationHead(normalize=True)``). With ``raw`` the raw
+features are linearised and then normalised, z = normalize(f(x; theta_0) + J_theta f(x; theta_0) tau),
+as tangent task arithmetic does (Ortiz-Jimenez et al., NeurIPS 2023). Non-linearly,
+z = normalize(f(x; theta_0 + tau)) either way.
 
 After each task its vector tau_t is stored, all vectors so far are merged (``merging``,
 ``alpha_merging``) and the task loop's test loop evaluates theta_0 + merge: the accuracy matrix is
@@ -32,8 +39,8 @@ The factors of task s are computed once at theta_0 from task s's training data a
 (``tak_factors``). As in the reference code, a run either
 
 - ``load_fisher: false`` (the reference's default): stores the factors of each task as it comes
-  (only of task ``fisher_task_id``, 1-based, when set: one task per job on a cluster) and trains
-  WITHOUT the penalty; or
+  (only of task ``fisher_task_id``, 0-based as the reference's, when set: one task per job on a
+  cluster) and trains WITHOUT the penalty; or
 - ``load_fisher: true``: trains every task with the penalty of the other tasks' factors. With
   ``fisher_future_tasks: true`` (the reference) "other" means every other task of the sequence,
   later ones included: their factors must be known before they are trained, so factors missing
@@ -57,7 +64,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -68,7 +74,9 @@ from clcore.algorithms.tak.evaluation import task_accuracy
 from clcore.algorithms.tak.factors import PRECISIONS, TaskFactorStore, combined_curvature, is_train_percent
 from clcore.algorithms.tak.fisher_cache import REMOTE_PREFIXES
 from clcore.algorithms.tak.heads import task_head, write_frozen_head
+from clcore.algorithms.tak.kfac import TOKEN_MODES as KFAC_TOKEN_MODES
 from clcore.algorithms.tak.kfac_penalty import kfac_penalty
+from clcore.algorithms.tak.merging import CONVENTIONS as MERGE_CONVENTIONS
 from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
 from clcore.algorithms.tak.parameters import select_parameters
 from clcore.algorithms.tak.task_vector_files import read_task_vector, task_vector_file
@@ -79,6 +87,7 @@ from clcore.config_rules import is_int, is_number, is_positive_finite
 from clcore.heads.base import CLHeads
 from clcore.heads.dil import HeadDIL
 from clcore.metrics.names import task_metric
+from clcore.task_arithmetic.linearize import normalize_features
 from clcore.task_arithmetic.merging import MERGE_METHODS
 from clcore.utils.lr_schedules import SCHEDULES, lr_multiplier
 from clcore.utils.safe_load import load_tensors_safely
@@ -86,6 +95,9 @@ from clcore.utils.safe_load import load_tensors_safely
 log = logging.getLogger(__name__)
 
 ClassWeights = Callable[[list[str]], tuple[Tensor, Tensor]]
+
+# The values of TAK's own choice options (``configs/algorithm/tak.yaml`` says what each means).
+TANGENT_OF = ("normalised", "raw")  # what the tangent model linearises: normalize o f, or f
 
 
 class TAK(CLAlgorithm):
@@ -110,6 +122,7 @@ class TAK(CLAlgorithm):
         ft_positional_embedding: bool = False,
         ft_conv_stem: bool = False,
         tangent: bool = True,
+        tangent_of: str = "normalised",
         use_lora: bool = False,
         lora_rank: int = 16,
         lora_rank_attention: int = 48,
@@ -123,6 +136,7 @@ class TAK(CLAlgorithm):
         fisher_future_tasks: bool = True,
         train_percent: float | int = 1.0,
         fisher_num_samples_expectation: int = 1,
+        kfac_token_mode: str = "expand",
         fp_precision: str = "fp32",
         fisher_seed: int = 0,
         virtual_bs_n: int = 1,
@@ -130,6 +144,9 @@ class TAK(CLAlgorithm):
         warmup_steps: int = 500,
         clip_grad_norm: float | None = None,
         merging: str = "ta",
+        merge_convention: str = "mammoth",
+        seed: int = 0,
+        iso_cts_common_fraction: float = 0.8,
         alpha_merging: float | str = "one",
         dare_p: float = 0.7,
         ties_k: float = 0.2,
@@ -169,6 +186,9 @@ class TAK(CLAlgorithm):
             lora_rank_attention=lora_rank_attention,
         )
         self.weight_delta = WeightDelta(self.selection.shapes, self.selection.lora_ranks)
+        self.kfac_token_mode = kfac_token_mode
+        self.merge_seed = seed
+        self.iso_cts_common_fraction = iso_cts_common_fraction
         self.factor_store = TaskFactorStore(
             backbone,
             self.selection,
@@ -177,8 +197,10 @@ class TAK(CLAlgorithm):
             fisher_num_samples_expectation,
             fp_precision,
             fisher_seed,
+            token_mode=kfac_token_mode,
         )
         self.tangent = tangent
+        self.tangent_of = tangent_of
         self.reg_lambda = float(reg_lambda)
         self.fisher_ideal = fisher_ideal
         self.load_fisher = load_fisher
@@ -189,6 +211,7 @@ class TAK(CLAlgorithm):
         self.warmup_steps = warmup_steps
         self.clip_grad_norm = clip_grad_norm
         self.merging = merging
+        self.merge_convention = merge_convention
         self.alpha_merging = alpha_merging
         self.dare_p = dare_p
         self.ties_k = ties_k
@@ -247,18 +270,20 @@ class TAK(CLAlgorithm):
         fisher_task_id = given["fisher_task_id"]
         highest = num_tasks if is_int(num_tasks) else None  # the pre-flight check may not know T
         in_range = (
-            is_int(fisher_task_id) and fisher_task_id >= 1 and (highest is None or fisher_task_id <= highest)
+            is_int(fisher_task_id) and fisher_task_id >= 0 and (highest is None or fisher_task_id < highest)
         )
         if fisher_task_id is not None and not in_range:
+            last = highest - 1 if highest is not None else "T-1"
             problems.append(
-                f"algorithm.fisher_task_id={fisher_task_id!r}: must be a task number in 1..{highest or 'T'} "
-                "(1-based), or null to store every task's factors"
+                f"algorithm.fisher_task_id={fisher_task_id!r}: must be a task index in 0..{last} "
+                "(0-based, as the reference's --fisher_task_id: 0 is the first task), or null to store "
+                "every task's factors"
             )
         train_percent = given["train_percent"]
         if not is_train_percent(train_percent):
             problems.append(
-                f"algorithm.train_percent={train_percent!r}: must be a fraction of the training set in (0, 1] "
-                "(a float, 1.0 = all) or a number of examples >= 1 (an integer)"
+                f"algorithm.train_percent={train_percent!r}: must be a fraction of the training loader's batches "
+                "in (0, 1] (a float, 1.0 = all) or a number of batches of the training batch size >= 1 (an integer)"
             )
         fisher_seed = given["fisher_seed"]
         if not (is_int(fisher_seed) and 0 <= fisher_seed < 2**32):
@@ -284,6 +309,22 @@ class TAK(CLAlgorithm):
             problems.append(
                 f"algorithm.fp_precision={given['fp_precision']!r}: must be one of {', '.join(PRECISIONS)}"
             )
+        _check_choice(
+            problems,
+            given,
+            "kfac_token_mode",
+            KFAC_TOKEN_MODES,
+            "expand: every token of a linear layer is an example (the reference); reduce: one per input, "
+            "tokens averaged",
+        )
+        _check_choice(
+            problems,
+            given,
+            "tangent_of",
+            TANGENT_OF,
+            "normalised: linearise the L2-normalised features (the reference); raw: linearise the raw "
+            "features, then normalise (tangent task arithmetic)",
+        )
 
         # Optimisation: virtual batches and the per-task learning-rate schedule.
         virtual_bs_n = given["virtual_bs_n"]
@@ -311,6 +352,22 @@ class TAK(CLAlgorithm):
         if not (isinstance(merging, str) and merging in MERGE_METHODS):
             problems.append(
                 f"algorithm.merging={merging!r} is not a merge method: choose one of {', '.join(sorted(MERGE_METHODS))}"
+            )
+        _check_choice(
+            problems,
+            given,
+            "merge_convention",
+            MERGE_CONVENTIONS,
+            "mammoth: each method as the reference codes it; paper: as its paper defines it",
+        )
+        fraction = given["iso_cts_common_fraction"]
+        if merging == "iso_cts" and not (is_number(fraction) and 0 <= fraction <= 1):
+            problems.append(
+                f"algorithm.iso_cts_common_fraction={fraction!r}: Iso-CTS's share of the common subspace must be in [0, 1]"
+            )
+        if not (is_int(given["seed"]) and 0 <= given["seed"] < 2**63):
+            problems.append(
+                f"algorithm.seed={given['seed']!r}: must be an integer >= 0 (the run seed: ${{seed}})"
             )
         alpha = given["alpha_merging"]
         if alpha != "one" and not is_positive_finite(alpha):
@@ -417,7 +474,7 @@ class TAK(CLAlgorithm):
     def _prepare_curvature(self, benchmark, task: int) -> list | None:
         """The other tasks' factors for task ``task`` (``load_fisher``), or store task ``task``'s own."""
         if not self.load_fisher:
-            if self.fisher_task_id is None or self.fisher_task_id == task + 1:
+            if self.fisher_task_id is None or self.fisher_task_id == task:  # 0-based, as the reference
                 self.factor_store.factors(benchmark, task)
             return None
         if self.reg_lambda == 0:
@@ -447,11 +504,18 @@ class TAK(CLAlgorithm):
 
     # ---- forward -----------------------------------------------------------------------------
     def features(self, x: Tensor, delta: Mapping[str, Tensor] | None) -> Tensor:
-        """L2-normalised features of theta_0 + delta (tangent or not); ``delta=None``: theta_0."""
-        output = (
-            self.backbone(x) if delta is None else forward_with_delta(self.backbone, delta, x, self.tangent)
-        )
-        return F.normalize(output, dim=-1)
+        """L2-normalised features of theta_0 + delta (tangent or not); ``delta=None``: theta_0.
+
+        Tangent with ``tangent_of: normalised``: normalize(g0 + J_g delta), g = normalize o f (the
+        reference linearises g, and its classification head normalises what the head sees); with
+        ``raw``: normalize(f0 + J_f delta). At delta = 0 both are normalize(f(x; theta_0)).
+        """
+        if delta is None:
+            output = self.backbone(x)
+        else:
+            linearised = normalize_features if self.tangent and self.tangent_of == "normalised" else None
+            output = forward_with_delta(self.backbone, delta, x, self.tangent, output_map=linearised)
+        return normalize_features(output)
 
     def forward(self, x: Tensor, task_id: int) -> Tensor:
         return self.heads(self.features(x, self.weight_delta.materialize()), task_id)
@@ -496,11 +560,25 @@ class TAK(CLAlgorithm):
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.trainable_parameters())
         batches = self.trainer.estimated_stepping_batches
-        steps = math.ceil(batches / self.virtual_bs_n) if math.isfinite(batches) else 10**9
-        scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler, steps, self.warmup_steps))
+        finite = math.isfinite(batches)
+        steps = math.ceil(batches / self.virtual_bs_n) if finite else 10**9
+        # total_batches: the horizon of the reference's "decay", in batches rather than optimiser steps
+        multiplier = lr_multiplier(
+            self.scheduler, steps, self.warmup_steps, total_batches=int(batches) if finite else None
+        )
+        scheduler = LambdaLR(optimizer, multiplier)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- task vectors, merging, evaluation ------------------------------------------------------
+    @property
+    def _merge_conventions(self) -> dict:
+        """How every merge is computed: the convention, DARE's mask seed (the run's), Iso-CTS's common share."""
+        return {
+            "convention": self.merge_convention,
+            "seed": self.merge_seed,
+            "common_space_fraction": self.iso_cts_common_fraction,
+        }
+
     def _merge(self) -> None:
         device = self.device if self._trainer is not None else None
         self._merged = merge_task_vectors(
@@ -511,6 +589,7 @@ class TAK(CLAlgorithm):
             self.dare_p,
             self.ties_k,
             device,
+            **self._merge_conventions,
         )
         self.evaluate_merged = True
 
@@ -544,6 +623,7 @@ class TAK(CLAlgorithm):
                 self.dare_p,
                 self.ties_k,
                 self.device,
+                **self._merge_conventions,
             )
             accuracies = [self._accuracy(task, merged) for task in range(count)]
             points.append(SweepPoint(alpha, accuracies, list(self.single_task_accuracy[:count])))
@@ -606,6 +686,15 @@ def _set_at(values: list, index: int, value) -> None:
         values.append(value)
     else:
         raise IndexError(f"task {index + 1} ended before task {len(values) + 1}")
+
+
+def _check_choice(
+    problems: list[str], given: Mapping[str, Any], key: str, choices: tuple[str, ...], meaning: str
+) -> None:
+    """Append a problem when ``given[key]`` is not one of ``choices`` (``meaning`` says what each does)."""
+    value = given[key]
+    if not (isinstance(value, str) and value in choices):
+        problems.append(f"algorithm.{key}={value!r}: must be one of {', '.join(choices)} ({meaning})")
 
 
 def _option_defaults(algorithm: type) -> dict[str, Any]:

@@ -8,8 +8,14 @@ task trained later regularises against the stored factors and needs no data of t
 
 The cache key names what the factors depend on: the benchmark and task (class list, seed,
 validation split, model-input conversion), theta_0 (a digest of the backbone's tensors), the
-factored parameters, the sample budget (``train_percent``), the Monte Carlo sample count, the
+factored parameters, the sample budget (``train_percent``, in batches of the training batch size),
+the Monte Carlo sample count and convention (summed), the token convention (``token_mode``), the
 accumulation precision and the seed. A changed ingredient gives another file, never stale factors.
+
+``train_percent`` counts BATCHES of the task's training loader, as the reference's does (Mammoth's
+``KFACComputer.compute``: ``int(train_percent * len(dataset.train_loader))`` batches for a float,
+``train_percent`` batches for an integer, of the shuffled loader): the factors use the examples of
+that many batches of ``benchmark.batch_size``, a seeded random subset of the task's training set.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from torch import nn
 
 from clcore.algorithms.tak.fisher_cache import cache_file, load_or_compute_factors
-from clcore.algorithms.tak.kfac import KFACFactors, compute_kfac_factors
+from clcore.algorithms.tak.kfac import TOKEN_MODES, KFACFactors, compute_kfac_factors
 from clcore.algorithms.tak.kfac_penalty import accumulate_factors
 from clcore.algorithms.tak.parameters import TAKParameters
 from clcore.benchmarks.base import CLBenchmark
@@ -46,29 +52,49 @@ def model_digest(model: nn.Module) -> str:
 
 
 def is_train_percent(value: float | int) -> bool:
-    """A fraction of the training set (a float in (0, 1]) or a number of examples (an int >= 1).
+    """A fraction of the training batches (a float in (0, 1]) or a number of batches (an int >= 1).
 
-    As the reference's ``--train_percent``: "If float, it represents the percentage of the
-    training set. If integer, it represents the number of samples used." (1.0 = all of them.)
+    The reference's ``--train_percent`` help says "percentage of the training set" / "number of
+    samples", but its code counts batches of the training loader (``batches_for_factors``).
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return value >= 1 if isinstance(value, int) else 0.0 < value <= 1.0
 
 
-def samples_for_factors(train_percent: float | int, num_train: int) -> int:
-    """How many of ``num_train`` training examples to use (``train_percent`` as ``is_train_percent``;
-    ``TAK.config_problems`` refuses any other value before anything is built)."""
+def batches_for_factors(train_percent: float | int, num_batches: int) -> int:
+    """How many of the ``num_batches`` training batches the factors use, as the reference counts them.
+
+    Mammoth (``models/tak_utils/fisher_kfac.py``, ``KFACComputer.compute``) stops its loop over the
+    training loader after ``int(train_percent * len(train_loader))`` batches for a float (rounded
+    down) and after ``train_percent`` batches for an integer. One difference: where the float
+    rounds down to 0 batches the reference computes no factors at all; here it takes 1 batch.
+    """
     if isinstance(train_percent, int):
-        return min(train_percent, num_train)
-    return max(1, math.ceil(train_percent * num_train))
+        return max(1, min(train_percent, num_batches))
+    return max(1, min(int(train_percent * num_batches), num_batches))
+
+
+def samples_for_factors(train_percent: float | int, num_train: int, batch_size: int) -> int:
+    """How many of ``num_train`` training examples the factors use: those of ``batches_for_factors``
+    batches of ``batch_size`` (the last batch of the loader may be short; no batch is dropped).
+
+    ``train_percent`` as ``is_train_percent``; ``TAK.config_problems`` refuses any other value.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    num_batches = math.ceil(num_train / batch_size)
+    return min(num_train, batches_for_factors(train_percent, num_batches) * batch_size)
 
 
 @dataclass
 class TaskFactorStore:
     """Factors of any task of ``benchmark``'s sequence for ``model`` at theta_0, via the disk cache.
 
-    ``computed_seconds`` accumulates the time spent computing (not loading) factors.
+    ``train_percent`` counts training batches (``batches_for_factors``); ``num_samples`` Monte Carlo
+    projections are summed; ``token_mode`` is ``compute_kfac_factors``'s ("expand", the reference's
+    KFAC-expand, or "reduce"). ``computed_seconds`` accumulates the time spent computing (not
+    loading) factors.
     """
 
     model: nn.Module
@@ -78,10 +104,13 @@ class TaskFactorStore:
     num_samples: int = 1
     precision: str = "fp32"
     seed: int = 0
+    token_mode: str = "expand"
     computed_seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        # precision and num_samples are TAK's options, checked by TAK.config_problems
+        # precision, num_samples and token_mode are TAK's options, checked by TAK.config_problems
+        if self.token_mode not in TOKEN_MODES:
+            raise ValueError(f"token_mode must be one of {TOKEN_MODES}, got {self.token_mode!r}")
         self._model_digest: str | None = None
         self._in_memory: dict[int, KFACFactors] = {}  # only without a cache folder
 
@@ -102,10 +131,18 @@ class TaskFactorStore:
             "model": self._model_digest,
             "parameters": hashlib.sha256("\n".join(names).encode()).hexdigest(),
             "train_percent": self.train_percent,
+            "train_percent_unit": "batches",
+            # the subset's size depends on the batch size, unless it is the whole training set
+            "batch_size": None if self._uses_everything() else benchmark.batch_size,
             "num_samples_expectation": self.num_samples,
+            "monte_carlo": "sum",
+            "token_mode": self.token_mode,
             "fp_precision": self.precision,
             "seed": self.seed,
         }
+
+    def _uses_everything(self) -> bool:
+        return isinstance(self.train_percent, float) and self.train_percent == 1.0
 
     def is_cached(self, benchmark: CLBenchmark, task_id: int) -> bool:
         return (
@@ -127,8 +164,9 @@ class TaskFactorStore:
         started = time.perf_counter()
         device = next(self.model.parameters()).device
         split = benchmark.task_split("train", task_id)
-        count = samples_for_factors(self.train_percent, len(split.labels))
-        # A seeded random subset of the task's training examples (all of them for 1.0).
+        count = samples_for_factors(self.train_percent, len(split.labels), benchmark.batch_size)
+        # A seeded random subset of the task's training examples (all of them for 1.0): the examples
+        # of the first batches of a shuffled training loader, as the reference takes them.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task_id)
         chosen = torch.randperm(len(split.labels), generator=generator)[:count].to(split.images.device)
         loader = TensorBatchLoader(
@@ -144,6 +182,7 @@ class TaskFactorStore:
             dtype=PRECISIONS[self.precision],
             input_fn=_prepared_input(benchmark, device),
             seed=self.seed * 1_000_003 + task_id,
+            token_mode=self.token_mode,
         )
         seconds = time.perf_counter() - started
         self.computed_seconds += seconds

@@ -5,43 +5,65 @@ Approximate Curvature" (ICLR 2026, arXiv 2602.17385): a task vector $\tau$ inter
 through $\tau^\top G_t \tau$, with $G_t = \mathbb{E}_x[J^\top J]$ the Gauss-Newton matrix of the
 (optionally L2-normalised) features $z(x)$ w.r.t. the fine-tuned parameters. Because $G_t$ is too
 large to store, each selected ``nn.Linear`` $s = W a \; (+\, b)$ gets the Kronecker factorisation
-of Martens & Grosse (2015), $G_W \approx A \otimes B$ with
+of Martens & Grosse (2015), $G_W \approx A \otimes B$, with $A$ built from the layer inputs $a$
+(a 1 appended when the bias trains) and $B$ from the output gradients
+$g_{n,k} = \partial z_{n,k} / \partial s_n$, summed over the output dims $k$.
 
-$$
-\begin{aligned}
-A &= \mathbb{E}_n\left[a_n a_n^\top\right]
-    && \text{(input side; a 1 is appended to } a \text{ when the bias trains)} \\
-B &= \mathbb{E}_n\Big[\sum_k g_{n,k} \, g_{n,k}^\top\Big]
-    && \text{(output side; } g_{n,k} = \partial z_{n,k} / \partial s_n \text{)}
-\end{aligned}
-$$
-
-The sum over output dims $k$ is what "backpropagating random projections" estimates: with
+The sum over $k$ is what "backpropagating random projections" estimates: with
 $r \sim \mathcal{N}(0, I)$, $g_r = \sum_k r_k g_k$ satisfies
-$\mathbb{E}_r[g_r g_r^\top] = \sum_k g_k g_k^\top$, so ``num_samples`` projections per example give
-an unbiased Monte Carlo $B$ (the paper uses 1); ``num_samples=0`` backpropagates every one-hot
+$\mathbb{E}_r[g_r g_r^\top] = \sum_k g_k g_k^\top$. ``num_samples=0`` backpropagates every one-hot
 $e_k$ instead (exact, one backward per feature dimension).
 
-Token convention ("tokens averaged over the sequence"): for an input with a sequence dimension,
-$a_{n,l}$ / $g_{n,l}$ per token $l$, $A$ is built from the sequence-AVERAGED input and $B$ from the
-sequence-SUMMED output gradient (KFAC-reduce, Eschenhagen et al., NeurIPS 2023):
+Monte Carlo samples are SUMMED, not averaged (the reference implementation, Mammoth's
+``models/tak_utils/fisher_kfac.py``, ``KFACComputer.compute``, backpropagates
+``(features * randn_like(features)).sum()`` once per sample into hooks that accumulate): with $S$
+samples $B$ estimates $S$ times the exact one, so ``num_samples`` scales the penalty and the strength
+$\lambda$ of the paper (500, with $S = 1$) goes with it. Sample $s$ of a seeded run draws from its
+own generator seeded ``monte_carlo_seed(seed, s)``, so $S$ samples with seed $\sigma$ give exactly the
+sum of the $S$ one-sample factors with seeds ``monte_carlo_seed(sigma, s)``.
 
-$$\bar a_n = \frac{1}{L} \sum_l a_{n,l}, \quad \bar g_n = \sum_l g_{n,l}, \quad
-A = \mathbb{E}\left[\bar a \bar a^\top\right], \quad B = \mathbb{E}\left[\bar g \bar g^\top\right]$$
+Inputs with a token dimension ($a_{n,l}$, $g_{n,l}$ for token $l = 1..L$), ``token_mode``:
 
-not the average over tokens of per-token outer products. Sum-then-mean keeps the scale of the
-weight-shared Jacobian $\partial z / \partial W = \sum_l g_l a_l^\top$, and is exact when every
-token receives the same output gradient (e.g. a last linear layer followed by mean pooling; see
-``tests/library/tak/test_kfac.py``).
+- ``"expand"`` (default), KFAC-expand as the reference computes it (Mammoth's
+  ``models/tak_utils/hooks.py``, ``hook_forward_batch`` and ``hook_backward``, both
+  ``x.T @ ((1 / R) * x)`` over the flattened tokens): per-token outer products averaged over the
+  tokens, on BOTH sides,
+
+  $$A = \frac{1}{N}\sum_n \frac{1}{L}\sum_l a_{n,l} a_{n,l}^\top, \qquad
+    B = \frac{1}{N}\sum_n \frac{1}{L}\sum_l \sum_k g_{n,l,k} \, g_{n,l,k}^\top .$$
+
+  Choose it to reproduce the paper: its hyper-parameters ($\lambda$, the per-kind scalers) were tuned
+  on this scale. (Eschenhagen et al.'s KFAC-expand has no $1/L$ on $B$, which in their setting sums
+  a per-token loss; the reference's $1/L$ on $B$ is kept here.)
+- ``"reduce"``, KFAC-reduce (Eschenhagen et al., "Kronecker-Factored Approximate Curvature for
+  Modern Neural Network Architectures", NeurIPS 2023): the token-AVERAGED input and the
+  token-SUMMED output gradient,
+
+  $$\bar a_n = \frac{1}{L} \sum_l a_{n,l}, \quad \bar g_{n,k} = \sum_l g_{n,l,k}, \quad
+    A = \frac{1}{N}\sum_n \bar a_n \bar a_n^\top, \quad B = \frac{1}{N}\sum_n \sum_k \bar g_{n,k} \bar g_{n,k}^\top .$$
+
+  Cheaper (outer products of one vector per example instead of $L$), and it keeps the scale of the
+  weight-shared Jacobian $\partial z / \partial W = \sum_l g_l a_l^\top$: it is exact when every
+  token receives the same output gradient (e.g. a last linear layer followed by mean pooling, see
+  ``tests/library/tak/test_kfac.py``), whereas expand is exact when the tokens are independent
+  examples. On a ViT it is NOT the reference's scale: on a tiny open_clip ViT with 17 tokens the
+  reduce penalty is an order of magnitude above the reference's on attention layers and a few times
+  above on the MLPs (``tests/library/tak/test_kfac_conventions.py`` prints the ratios), so the
+  paper's $\lambda$ does not transfer.
+
+Inputs without a token dimension ([batch, in], e.g. the output projection) have $L = 1$: both modes
+coincide.
 
 Small parameter groups that are not linear layers (layer norms, class token, ...) get their full
-Gram matrix $\mathbb{E}_n\left[\sum_k \operatorname{vec}(\partial z_k / \partial p)
-\operatorname{vec}(\partial z_k / \partial p)^\top\right]$ instead, from per-example gradients with
-``torch.func`` (the model must be vmappable for those groups).
+Gram matrix $\frac{1}{N}\sum_n \sum_k \operatorname{vec}(\partial z_{n,k} / \partial p)
+\operatorname{vec}(\partial z_{n,k} / \partial p)^\top$ instead (summed over Monte Carlo samples as
+well), from per-example gradients with ``torch.func`` (the model must be vmappable for those groups);
+the reference's ``hook_backward_layer_norm`` / ``hook_backward_cls_token`` compute the same per-example
+gradients.
 
-All factors are expectations (divided by the number of examples $N$), so the penalty
-$\operatorname{tr}(B \, dW A \, dW^\top)$ approximates $\mathbb{E}_x \lVert J \tau \rVert^2$, the mean
-squared change of the features.
+All factors are divided by the number of examples $N$; the penalty
+$\operatorname{tr}(B \, dW A \, dW^\top)$ is $\mathbb{E}_x \lVert J \tau \rVert^2$ up to the Kronecker
+approximation, the token convention above and the factor $S$ of the Monte Carlo sum.
 """
 
 from __future__ import annotations
@@ -60,6 +82,8 @@ from torch.func import functional_call, vjp, vmap
 
 # A Gram group of P parameters stores P^2 numbers; beyond this a matrix weight belongs to KFAC.
 DEFAULT_MAX_GRAM_SIZE = 16384
+# How inputs with a token dimension are factored (module docstring): the reference's, and KFAC-reduce.
+TOKEN_MODES = ("expand", "reduce")
 
 
 @dataclass
@@ -182,6 +206,7 @@ def compute_kfac_factors(
     sequence_first: bool = False,
     seed: int | None = None,
     max_gram_size: int = DEFAULT_MAX_GRAM_SIZE,
+    token_mode: str = "expand",
 ) -> KFACFactors:
     r"""KFAC factors of $\mathbb{E}_x[J^\top J]$ for the features ``model(x)`` (Porrello et al., 2026;
     Martens & Grosse, 2015).
@@ -194,19 +219,30 @@ def compute_kfac_factors(
             trains, and A gets the appended 1, iff its ``.bias`` is listed.
         gram_groups: group name -> parameter names whose full Gram matrix is kept
             (layer norms, class token, ...). Each group is at most ``max_gram_size`` numbers.
-        num_samples: Monte Carlo projections per example; 0 = exact (one backward per feature dim).
+        num_samples: Monte Carlo projections per example, whose contributions are SUMMED (as the
+            reference: $B$ and the Gram matrices estimate ``num_samples`` times the exact ones);
+            0 = exact (one backward per feature dim).
         normalize: take the Jacobian of $z / \lVert z \rVert$ (CLIP's normalised features) instead of $z$.
         dtype: accumulation dtype of the factors (float32 or float64).
         fraction, max_batches: use only the first ``ceil(fraction * len(data))`` batches,
             and at most ``max_batches``; shuffle the loader for a random subset.
         sequence_first: linear-layer inputs are [tokens, batch, dim] (older open_clip), not [batch, ..., dim].
-        seed: seeds the Monte Carlo projections for reproducible factors.
+        seed: seeds the Monte Carlo projections for reproducible factors (sample ``s`` from a
+            generator seeded ``monte_carlo_seed(seed, s)``); None draws from torch's global RNG.
+        token_mode: how linear layers with a token dimension are factored (module docstring).
+            ``"expand"`` (default): per-token outer products averaged over tokens on both sides,
+            exactly the reference's (Mammoth's) scaling, so the paper's lambda and scalers transfer.
+            ``"reduce"``: KFAC-reduce of Eschenhagen et al. (2023), token-averaged input and
+            token-summed output gradient; cheaper, exact when all tokens share one output gradient
+            (weight sharing followed by pooling), but on a ViT several times the reference's scale.
 
     Returns:
         ``KFACFactors`` holding expectations over the $N$ examples seen.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0 (0 = exact backward), got {num_samples}")
+    if token_mode not in TOKEN_MODES:
+        raise ValueError(f"token_mode must be one of {TOKEN_MODES}, got {token_mode!r}")
     layers = _resolve_linear_layers(model, set(kfac_params))
     groups = _resolve_gram_groups(model, dict(gram_groups or {}), layers, max_gram_size)
     if not layers and not groups:
@@ -214,19 +250,22 @@ def compute_kfac_factors(
     input_fn = input_fn or _default_input
     device = next(model.parameters()).device
 
-    tape = _LinearTape(layers, dtype, sequence_first)
+    tape = _LinearTape(layers, dtype, sequence_first, token_mode)
     gram_sums = {name: None for name in groups}
     seen = 0
-    generator = None
+    generators = None
     with _eval_mode(model), _weights_require_grad(layers), tape.recording(), torch.enable_grad():
         for batch in _first_batches(data, fraction, max_batches):
             inputs = input_fn(batch).to(device)
             tape.start_batch(inputs.shape[0])
             features = _features(model(inputs), normalize)
             tape.check_all_called()
-            if generator is None and seed is not None:
-                generator = torch.Generator(device=features.device).manual_seed(seed)
-            projections = _projections(num_samples, features, generator)
+            if generators is None and seed is not None:
+                generators = [
+                    torch.Generator(device=features.device).manual_seed(monte_carlo_seed(seed, sample))
+                    for sample in range(num_samples)
+                ]
+            projections = _projections(num_samples, features, generators)
             if layers:
                 tape.accumulate_output_grads(features, projections)
             del features
@@ -242,19 +281,48 @@ def compute_kfac_factors(
     return KFACFactors(kronecker, gram, {name: tuple(names) for name, names in groups.items()}, seen)
 
 
+def monte_carlo_seed(seed: int, sample: int) -> int:
+    """The seed of the generator that draws Monte Carlo sample ``sample`` of a run seeded ``seed``.
+
+    Sample 0 uses ``seed`` itself, so a one-sample run seeded ``monte_carlo_seed(seed, s)`` draws
+    exactly sample ``s`` of a many-sample run seeded ``seed``; the others are spread by the golden
+    ratio increment (2^64 / phi) so nearby seeds do not share samples.
+    """
+    if sample == 0:
+        return seed
+    return (seed + sample * 0x9E3779B97F4A7C15) % 2**63
+
+
+def _token_gram(tokens: Tensor) -> Tensor:
+    """sum_n (1/L) sum_l x_nl x_nl^T of tokens [batch, L, d].
+
+    KFAC-expand as such; for KFAC-reduce the caller first reduces the tokens to one ([batch, 1, d]:
+    the mean input, the summed output gradient), which leaves sum_n xbar_n xbar_n^T.
+    """
+    flat = tokens.reshape(-1, tokens.shape[-1])
+    return flat.T @ flat / tokens.shape[1]
+
+
 class _LinearTape:
     """Forward hooks on the selected linear layers.
 
-    During the forward, each hook adds the sequence-averaged inputs' outer products to A's sum
+    During the forward, each hook adds its inputs' outer products (``token_mode``) to A's sum
     (so no input is kept) and records the layer output; ``accumulate_output_grads`` then asks
     autograd for d(r^T z)/d output of all layers at once per projection r, which leaves the
     parameters' ``.grad`` untouched.
     """
 
-    def __init__(self, layers: dict[str, tuple[nn.Linear, bool]], dtype: torch.dtype, sequence_first: bool):
+    def __init__(
+        self,
+        layers: dict[str, tuple[nn.Linear, bool]],
+        dtype: torch.dtype,
+        sequence_first: bool,
+        token_mode: str = "expand",
+    ):
         self.layers = layers
         self.dtype = dtype
         self.sequence_first = sequence_first
+        self.token_mode = token_mode
         self.input_sums: dict[str, Tensor] = {}
         self.output_grad_sums: dict[str, Tensor] = {}
         self.outputs: dict[str, tuple[Tensor, int]] = {}
@@ -298,11 +366,12 @@ class _LinearTape:
             raise ValueError(
                 f"linear layer {name!r} was called twice in one forward; KFAC here assumes one call"
             )
-        tokens = self._batch_first_tokens(args[0].detach(), name)  # [batch, tokens, in]
-        mean_input = tokens.to(self.dtype).mean(dim=1)
-        if train_bias:
-            mean_input = torch.cat([mean_input, mean_input.new_ones(mean_input.shape[0], 1)], dim=1)
-        outer = torch.einsum("bi,bj->ij", mean_input, mean_input)
+        tokens = self._batch_first_tokens(args[0].detach(), name).to(self.dtype)  # [batch, tokens, in]
+        if train_bias:  # the 1 of the bias, per token (its token mean is 1 too)
+            tokens = torch.cat([tokens, tokens.new_ones(*tokens.shape[:2], 1)], dim=2)
+        if self.token_mode == "reduce":
+            tokens = tokens.mean(dim=1, keepdim=True)  # abar
+        outer = _token_gram(tokens)
         self.input_sums[name] = self.input_sums[name] + outer if name in self.input_sums else outer
         # The version counter exposes an in-place op on the output (e.g. ReLU(inplace=True)),
         # after which autograd would return the gradient of the modified tensor instead.
@@ -339,15 +408,17 @@ class _LinearTape:
             for name, grad, output in zip(names, grads, outputs):
                 if grad is None:  # the layer does not reach the features: zero curvature
                     grad = torch.zeros_like(output)
-                summed = self._batch_first_tokens(grad, name).to(self.dtype).sum(dim=1)  # gbar, [batch, out]
-                outer = torch.einsum("bi,bj->ij", summed, summed)
+                tokens = self._batch_first_tokens(grad, name).to(self.dtype)  # [batch, tokens, out]
+                if self.token_mode == "reduce":
+                    tokens = tokens.sum(dim=1, keepdim=True)  # gbar
+                outer = _token_gram(tokens)
                 sums = self.output_grad_sums
                 sums[name] = sums[name] + outer if name in sums else outer
 
 
 @dataclass
 class _Projections:
-    """The vectors r backpropagated per example: one-hot e_k (exact) or N(0, I / S) (Monte Carlo).
+    """The vectors r backpropagated per example: one-hot e_k (exact) or N(0, I) (Monte Carlo, summed).
 
     ``per_example`` is [batch, S, dim] for Monte Carlo; None for the exact case, whose one-hot
     vectors are shared by the whole batch and never materialised per example.
@@ -374,15 +445,28 @@ class _Projections:
         return eye, None
 
 
-def _projections(num_samples: int, features: Tensor, generator: torch.Generator | None) -> _Projections:
+def _projections(
+    num_samples: int, features: Tensor, generators: Sequence[torch.Generator] | None
+) -> _Projections:
     batch_size, dim = features.shape
     if num_samples == 0:
         return _Projections(dim, batch_size, dim, None, features.detach())
-    gaussian = torch.randn(
-        batch_size, num_samples, dim, generator=generator, dtype=features.dtype, device=features.device
-    )
-    # 1/sqrt(S) turns the sum over samples of g_r g_r^T into their mean.
-    return _Projections(num_samples, batch_size, dim, gaussian / math.sqrt(num_samples), features.detach())
+    # Unscaled: the factors SUM g_r g_r^T over the samples, as the reference does. Sample s draws
+    # from its own generator (monte_carlo_seed), the global RNG when unseeded.
+    gaussian = torch.stack(
+        [
+            torch.randn(
+                batch_size,
+                dim,
+                generator=None if generators is None else generators[sample],
+                dtype=features.dtype,
+                device=features.device,
+            )
+            for sample in range(num_samples)
+        ],
+        dim=1,
+    )  # [batch, S, dim]
+    return _Projections(num_samples, batch_size, dim, gaussian, features.detach())
 
 
 def _gram_batch(

@@ -14,7 +14,10 @@ $$
 $$
 
 the first with one forward-mode pass (``torch.func.jvp``) whose tangent is $\tau$, the second with
-``torch.func.functional_call``. Because $\theta_0$ stays in the network and $\tau$ is a separate set
+``torch.func.functional_call``. With an ``output_map`` $g$ (TAK's ``tangent_of: normalised``: the
+L2 normalisation) the tangent model is that of $g \circ f$,
+$g(f(x; \theta_0)) + J_\theta (g \circ f)(x; \theta_0) \, \tau$, as the reference implementation
+linearises the normalised image features. Because $\theta_0$ stays in the network and $\tau$ is a separate set
 of tensors, a merged task vector is evaluated exactly like a trained one: pass it as ``delta``.
 
 $\tau$ is either a full tensor per parameter (initialised to zero) or, with LoRA (Hu et al., ICLR
@@ -31,6 +34,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+
+from clcore.task_arithmetic.linearize import OutputMap
 
 
 def _key(name: str) -> str:
@@ -103,12 +108,20 @@ class WeightDelta(nn.Module):
             self.full[key].copy_(tensor)
 
 
-def forward_with_delta(model: nn.Module, delta: Mapping[str, Tensor], inputs: Any, tangent: bool) -> Tensor:
-    r"""``model(inputs)`` at $\theta_0$ + ``delta``: linearised (first-order Taylor) if ``tangent``, else
-    exact.
+def forward_with_delta(
+    model: nn.Module,
+    delta: Mapping[str, Tensor],
+    inputs: Any,
+    tangent: bool,
+    output_map: OutputMap | None = None,
+) -> Tensor:
+    r"""``g(model(inputs))`` at $\theta_0$ + ``delta``: linearised (first-order Taylor) if ``tangent``,
+    else exact; ``g`` is ``output_map`` (None: the identity).
 
     ``model`` holds $\theta_0$; only the parameters named in ``delta`` are varied. Gradients reach
-    ``delta`` (the jvp's tangent is differentiable), never $\theta_0$.
+    ``delta`` (the jvp's tangent is differentiable), never $\theta_0$. With ``tangent`` the map is
+    linearised together with the model: $g(f(\theta_0)) + J (g \circ f)(\theta_0) \, \delta$, not
+    $g$ of the linearised $f$.
     """
     parameters = dict(model.named_parameters())
     missing = [name for name in delta if name not in parameters]
@@ -116,11 +129,17 @@ def forward_with_delta(model: nn.Module, delta: Mapping[str, Tensor], inputs: An
         raise KeyError(f"delta entries that are not parameters of the model: {missing[:5]}")
     theta_0 = {name: parameters[name].detach() for name in delta}
     delta = {name: tensor.to(theta_0[name].dtype) for name, tensor in delta.items()}
+    output_map = output_map if output_map is not None else _identity
     if not tangent:
-        return functional_call(model, {name: theta_0[name] + delta[name] for name in delta}, (inputs,))
+        moved = {name: theta_0[name] + delta[name] for name in delta}
+        return output_map(functional_call(model, moved, (inputs,)))
 
     def model_at(params: dict[str, Tensor]) -> Tensor:
-        return functional_call(model, params, (inputs,))
+        return output_map(functional_call(model, params, (inputs,)))
 
     output, output_change = jvp(model_at, (theta_0,), (delta,))
     return output + output_change
+
+
+def _identity(output: Any) -> Any:
+    return output
