@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="folder holding MNIST/raw/ (default: Split Digits)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
     parser.add_argument("--output", default="outputs/bench/replay_step.json")
