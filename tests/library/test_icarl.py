@@ -149,7 +149,7 @@ def test_the_previous_network_is_frozen_unregistered_and_copied_once_per_task():
     algorithm.setup_task(1, 2)
     previous = algorithm.previous_network
     assert not previous.training and not any(p.requires_grad for p in previous.parameters())
-    assert not any(name.startswith("_previous") for name in algorithm.state_dict())  # rebuilt, not saved
+    assert not any(name.startswith("previous") for name in algorithm.state_dict())  # rebuilt, not saved
     assert previous["heads"](torch.zeros(1, 4)).shape == (1, 2)  # the old classes only
     algorithm.setup_task(1, 2)
     assert algorithm.previous_network is previous

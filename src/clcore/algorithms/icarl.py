@@ -2,7 +2,6 @@ r"""iCaRL: Incremental Classifier and Representation Learning (Rebuffi et al., C
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,6 +14,7 @@ from clcore.algorithms.replay import ReplayAlgorithm, batch_task_ids
 from clcore.backbones.base import CLBackbone
 from clcore.benchmarks.base import CLBenchmark
 from clcore.components.herding import herding_selection
+from clcore.components.previous_model import PreviousModel
 from clcore.components.replay_memory import replay_targets
 from clcore.config_rules import is_int
 from clcore.heads.base import CLHeads
@@ -162,30 +162,21 @@ class ICaRL(ReplayAlgorithm):
         )
         # [classes with exemplars, D]: the normalised means of Algorithm 1, in global class order.
         self.register_buffer("class_means", torch.empty(0))
-        # Out of the module registry on purpose, as LwF's teacher: not in state_dict (rebuilt, see
-        # the class docstring), never seen by the optimizer, not moved by Lightning.
-        self._previous: tuple[nn.Module] | None = None
-        self._previous_task: int | None = None
+        self.previous = PreviousModel()  # the old network (``clcore.components.previous_model``)
 
     @property
     def previous_network(self) -> nn.Module | None:
         """``ModuleDict(backbone=, heads=)``: the frozen model at the end of the previous task."""
-        return None if self._previous is None else self._previous[0]
+        return self.previous.network
 
     # ---- the per-task protocol ---------------------------------------------------------------
     def setup_task(self, task_id: int, num_classes: int) -> None:
-        # Copied before the heads grow: the copy's outputs are the old classes only. Idempotent:
-        # calling it twice for one task must not copy a half-trained model.
-        if task_id > 0 and self._previous_task != task_id:
-            previous = copy.deepcopy(nn.ModuleDict({"backbone": self.backbone, "heads": self.heads}))
-            self._previous = (previous.eval().requires_grad_(False),)
-            self._previous_task = task_id
+        self.previous.take(task_id, self.backbone, self.heads)  # before the heads grow: old classes only
         super().setup_task(task_id, num_classes)
 
     def on_train_start(self) -> None:
         # Lightning moved the model to its device; the unregistered copy follows here.
-        if self.previous_network is not None:
-            self.previous_network.to(self.device)
+        self.previous.to(self.device)
 
     def on_train_end(self) -> None:
         # After the last epoch (and after a callback restored the best epoch's weights: callbacks

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
 from clcore.algorithms.base import CLAlgorithm, OptimizerFactory, SchedulerFactory
 from clcore.backbones.base import CLBackbone
 from clcore.components.distillation import distillation_loss
+from clcore.components.previous_model import PreviousModel
 from clcore.config_rules import is_number
 from clcore.heads.base import CLHeads
 from clcore.metrics.names import task_metric
@@ -96,29 +95,20 @@ class LwF(CLAlgorithm):
         self.distillation_lambda = float(distillation_lambda)
         self.temperature = float(temperature)
         self.t_squared = t_squared
-        # Kept out of the module registry on purpose (a one-element tuple): not in state_dict (it is
-        # rebuilt, see the class docstring), never seen by the optimizer, not moved by Lightning.
-        self._teacher: tuple[nn.Module] | None = None
-        self._teacher_task: int | None = None
+        self.previous = PreviousModel()  # the teacher (``clcore.components.previous_model``)
 
     @property
     def teacher(self) -> nn.Module | None:
         """``ModuleDict(backbone=, heads=)``: the frozen model at the end of the previous task."""
-        return None if self._teacher is None else self._teacher[0]
+        return self.previous.network
 
     def setup_task(self, task_id: int, num_classes: int) -> None:
-        # Copied before the heads grow: the teacher's heads cover the old tasks only. Idempotent:
-        # calling it twice for one task must not copy a half-trained model.
-        if task_id > 0 and self._teacher_task != task_id:
-            teacher = copy.deepcopy(nn.ModuleDict({"backbone": self.backbone, "heads": self.heads}))
-            self._teacher = (teacher.eval().requires_grad_(False),)
-            self._teacher_task = task_id
+        self.previous.take(task_id, self.backbone, self.heads)  # before the heads grow
         super().setup_task(task_id, num_classes)
 
     def on_train_start(self) -> None:
         # Lightning moved the model to its device; the unregistered teacher follows here.
-        if self.teacher is not None:
-            self.teacher.to(self.device)
+        self.previous.to(self.device)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x, labels, task_id = batch
