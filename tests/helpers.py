@@ -201,3 +201,22 @@ class RunsCode:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+def crash_and_resume(make_config, *overrides: str, task: int = 3):
+    """Runs ``overrides`` once uninterrupted and once crashed in task ``task`` (``FailInTask``) then
+    resumed with the same config; returns ``(reference, resumed)`` after checking their accuracy
+    matrices are identical to the bit (NaN where a task was not tested yet)."""
+    from clcore.clrun.task_loop import run_sequence
+
+    reference = run_sequence(make_config(*overrides, subdir="reference"))
+    cfg = make_config(*overrides, subdir="crashed")
+    try:
+        run_sequence(cfg, extra_callbacks=[FailInTask(task=task)])
+    except RuntimeError as crash:
+        assert f"simulated crash in task {task}" in str(crash)
+    else:
+        raise AssertionError(f"the run did not reach task {task}")
+    resumed = run_sequence(cfg)
+    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    return reference, resumed

@@ -26,7 +26,7 @@ from clcore.backbones.hat_mlp import HATMaskMLP
 from clcore.clrun.task_loop import run_sequence
 from clcore.config_rules import ConfigError
 from clcore.heads.til import HeadsTIL
-from tests.helpers import Batches, FailInTask, quiet_trainer
+from tests.helpers import Batches, crash_and_resume, quiet_trainer
 
 SGD = functools.partial(torch.optim.SGD, lr=1.0)
 
@@ -251,12 +251,7 @@ def test_resumes_exactly_after_a_crash_mid_task(make_config):
         "backbone=hat_mlp",
         "algorithm.adjustment_intensity=0.01",
     )
-    reference = run_sequence(make_config(*overrides, subdir="reference"))
-    cfg = make_config(*overrides, subdir="crashed")
-    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
-        run_sequence(cfg, extra_callbacks=[FailInTask(task=3)])
-    resumed = run_sequence(cfg)
-    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    reference, resumed = crash_and_resume(make_config, *overrides)
     assert resumed.extra["capacity"] == reference.extra["capacity"]
 
 

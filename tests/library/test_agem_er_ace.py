@@ -22,7 +22,7 @@ from clcore.clrun.task_loop import run_sequence
 from clcore.heads.cil import HeadsCIL
 from clcore.heads.dil import HeadDIL
 from clcore.heads.til import HeadsTIL
-from tests.helpers import Batches, FailInTask, quiet_trainer
+from tests.helpers import Batches, crash_and_resume, quiet_trainer
 
 TINY = ("benchmark=split_digits", "paradigm=cil", "benchmark.num_tasks=3", "trainer.max_epochs=1")
 HEADS = {"til": HeadsTIL, "cil": HeadsCIL, "dil": HeadDIL}
@@ -239,13 +239,7 @@ def test_runs_in_til_and_dil(make_config, algorithm, paradigm):
 
 @pytest.mark.parametrize("algorithm", ["agem", "er_ace"])
 def test_crash_mid_sequence_resumes_exactly(make_config, algorithm):
-    overrides = (*TINY, f"algorithm={algorithm}", "algorithm.memory_size=50")
-    reference = run_sequence(make_config(*overrides, subdir="reference"))
-    cfg = make_config(*overrides, subdir="crashed")
-    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
-        run_sequence(cfg, extra_callbacks=[FailInTask(task=3)])
-    resumed = run_sequence(cfg)
-    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    crash_and_resume(make_config, *TINY, f"algorithm={algorithm}", "algorithm.memory_size=50")
 
 
 def test_agem_and_er_ace_end_to_end_in_cil(make_config):

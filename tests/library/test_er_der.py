@@ -8,7 +8,7 @@ import torch
 from clcore.algorithms.der import DER, DERpp, logit_matching_loss
 from clcore.algorithms.er import ER
 from clcore.clrun.task_loop import run_sequence
-from tests.helpers import FailInTask
+from tests.helpers import crash_and_resume
 
 TINY = ("benchmark=split_digits", "paradigm=cil", "benchmark.num_tasks=3", "trainer.max_epochs=1")
 
@@ -35,12 +35,7 @@ def test_rules_are_checked_before_training():
 @pytest.mark.parametrize("algorithm", ["er", "derpp"])
 def test_crash_mid_sequence_resumes_exactly(make_config, algorithm):
     overrides = (*TINY, f"algorithm={algorithm}", "algorithm.memory_size=50")
-    reference = run_sequence(make_config(*overrides, subdir="reference"))
-    cfg = make_config(*overrides, subdir="crashed")
-    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
-        run_sequence(cfg, extra_callbacks=[FailInTask(task=3)])
-    resumed = run_sequence(cfg)
-    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    reference, resumed = crash_and_resume(make_config, *overrides)
     assert resumed.extra["memory_bytes"] == reference.extra["memory_bytes"]
 
 

@@ -15,7 +15,7 @@ from clcore.callbacks import CLCallback
 from clcore.clrun.task_loop import run_sequence
 from clcore.components.replay_memory import ReplayMemory
 from clcore.config_rules import ConfigError
-from tests.helpers import FailInTask
+from tests.helpers import crash_and_resume
 
 TINY = ("benchmark=split_digits", "paradigm=cil", "benchmark.num_tasks=3", "trainer.max_epochs=1")
 
@@ -392,11 +392,6 @@ def test_gdumb_in_til_and_dil_sees_the_stream_once(make_config, paradigm):
 
 def test_crash_mid_sequence_resumes_exactly(make_config):
     overrides = (*TINY, "algorithm=gdumb", "algorithm.memory_size=50", "algorithm.memory_epochs=10")
-    reference = run_sequence(make_config(*overrides, subdir="reference"))
-    cfg = make_config(*overrides, subdir="crashed")
-    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
-        run_sequence(cfg, extra_callbacks=[FailInTask(task=3)])
-    resumed = run_sequence(cfg)
-    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    reference, resumed = crash_and_resume(make_config, *overrides)
     for name in ("memory_bytes", "memory_samples", "memory_min_per_class", "memory_max_per_class"):
         assert resumed.extra[name] == reference.extra[name]

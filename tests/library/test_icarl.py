@@ -21,7 +21,7 @@ from clcore.clrun.task_loop import run_sequence
 from clcore.components.herding import herding_selection
 from clcore.config_rules import ConfigError
 from clcore.heads.cil import HeadsCIL
-from tests.helpers import Batches, FailInTask, quiet_trainer
+from tests.helpers import Batches, crash_and_resume, quiet_trainer
 
 TINY = ("benchmark=split_digits", "paradigm=cil", "benchmark.num_tasks=3", "trainer.max_epochs=1")
 
@@ -196,12 +196,7 @@ def test_icarl_resumes_exactly_after_a_crash(make_config):
     """Crash in task 3: the memory and class means come from task 2's checkpoint, the previous
     network is copied again from its weights."""
     overrides = (*TINY, "algorithm=icarl")
-    reference = run_sequence(make_config(*overrides, subdir="reference"))
-    cfg = make_config(*overrides, subdir="crashed")
-    with pytest.raises(RuntimeError, match="simulated crash in task 3"):
-        run_sequence(cfg, extra_callbacks=[FailInTask(task=3)])
-    resumed = run_sequence(cfg)
-    torch.testing.assert_close(resumed.acc_matrix, reference.acc_matrix, rtol=0, atol=0, equal_nan=True)
+    reference, resumed = crash_and_resume(make_config, *overrides)
     assert resumed.extra["exemplars_per_class"] == reference.extra["exemplars_per_class"]
 
 
