@@ -27,7 +27,9 @@ import pytest
 from clcore.benchmarks.errors import DataNotFoundError
 from clcore.clrun import compose, run_sequence
 from clcore.config_rules import ConfigError
-from tests.library.test_damaged_data import idx_bytes, write_cifar100
+from tests.library.test_damaged_data import idx_bytes, write_cifar10, write_cifar100
+from tests.library.test_multi_dataset import write_notmnist
+from tests.library.test_torchvision_sources import write_idx_source, write_svhn
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +69,8 @@ EXPECTED_REFUSALS = {
     "clrun experiment=tak_small_mnist": "pretrain",
     # four CPU processes on a machine with fewer cores
     "clrun trainer.devices=4 trainer.strategy=ddp_find_unused_parameters_true experiment=hat_pmnist": "core",
+    # any torchvision data set by name: STL10's files are not here; the message names them and the download
+    "clrun benchmark=split_mnist benchmark.source=torchvision:STL10 benchmark.root=data benchmark.num_tasks=5": "STL10",
     # sbatch does not exist here
     "clrun -m hydra/launcher=slurm hydra.launcher.partition=gpu experiment=hat_pmnist seed=1,2,3,4,5": "which this machine does not have",
 }
@@ -105,11 +109,16 @@ def test_the_pages_hold_commands_and_every_expected_refusal_is_still_documented(
 
 @pytest.fixture(scope="module")
 def user_folder(tmp_path_factory) -> Path:
-    """A working directory as a user has it: ``data/MNIST/raw`` and ``data/cifar-100-python``."""
+    """A working directory as a user has it: ``data/`` with MNIST, CIFAR-100 and the other four data
+    sets of ``five_datasets`` (CIFAR-10, SVHN, notMNIST, Fashion-MNIST), each in its real format."""
     folder = tmp_path_factory.mktemp("user")
     for root in (folder / "data", folder / "data" / "mnist-from-test"):  # the README's two places
         _write_mnist(root / "MNIST" / "raw", train=300, test=100)
     write_cifar100(folder / "data")
+    write_cifar10(folder / "data")
+    write_svhn(folder / "data")
+    write_notmnist(folder / "data")
+    write_idx_source(folder / "data", "fashion_mnist")
     return folder
 
 

@@ -16,6 +16,7 @@ _EXPORTS = {
     "DataNotFoundError": "clcore.benchmarks.errors",
     "DataSource": "clcore.benchmarks.sources",
     "ImageData": "clcore.benchmarks.sources",
+    "MultiDatasetBenchmark": "clcore.benchmarks.multi_dataset",
     "PermutedBenchmark": "clcore.benchmarks.permuted",
     "RotatedBenchmark": "clcore.benchmarks.rotated",
     "SplitBenchmark": "clcore.benchmarks.split",

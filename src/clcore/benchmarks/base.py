@@ -12,7 +12,13 @@ from lightning import LightningDataModule
 from torch import Tensor
 
 from clcore.benchmarks.model_input import ModelInput
-from clcore.benchmarks.sources import SOURCES, DataSource, ImageData, load_source
+from clcore.benchmarks.sources import (
+    DEFAULT_MEMORY_BUDGET_GB,
+    DataSource,
+    ImageData,
+    entry_or_problem,
+    load_source,
+)
 from clcore.benchmarks.tensor_loader import TensorBatchLoader
 from clcore.config_rules import is_int, is_number, raise_if_problems
 
@@ -56,7 +62,10 @@ class CLBenchmark(LightningDataModule):
 
     Args:
         source: a registered data source (``clcore.benchmarks.sources``: ``digits``, ``mnist``,
-            ``cifar10``, ``cifar100``, or one added with ``register_source``).
+            ``cifar10``, ``cifar100``, ``fashion_mnist``, ``kmnist``, ``emnist_balanced``,
+            ``emnist_letters``, ``svhn``, ``gtsrb``, or one added with ``register_source``), or any
+            torchvision classification data set by name, ``torchvision:<ClassName>``
+            (``clcore.benchmarks.torchvision_sources``).
         root: folder that holds the data set (torchvision's layout); unused for ``digits``.
         num_tasks: length of the sequence.
         batch_size / eval_batch_size: training and evaluation batch sizes. Evaluation has no
@@ -73,6 +82,11 @@ class CLBenchmark(LightningDataModule):
             (e.g. CLIP: 224 px, RGB, CLIP statistics), applied per batch after the task's
             transform (``ModelInput``); ``image_shape`` then reports the shape the model receives.
         options: the subclass's own keyword arguments, checked with these by ``config_problems``.
+        memory_budget_gb: for a source read image by image (``gtsrb``, ``torchvision:<ClassName>``):
+            its uint8 images are held in memory when they fit this many GB (10^9 bytes), and
+            streamed from disk otherwise, each batch read by DataLoader workers (the same batches).
+        stream_workers: worker processes per loader of streamed data (None: up to 8, one per core;
+            0: read in the training process).
     """
 
     def __init__(
@@ -89,6 +103,8 @@ class CLBenchmark(LightningDataModule):
         data_device: str | None = None,
         model_input: Mapping | None = None,
         options: Mapping[str, Any] | None = None,
+        memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
+        stream_workers: int | None = None,
     ) -> None:
         super().__init__()
         own = dict(
@@ -99,6 +115,9 @@ class CLBenchmark(LightningDataModule):
             eval_batch_size=eval_batch_size,
             val_fraction=val_fraction,
             eval_split=eval_split,
+            download=download,
+            memory_budget_gb=memory_budget_gb,
+            stream_workers=stream_workers,
         )
         raise_if_problems(type(self).config_problems({**own, **(options or {})}))
         self.source, self.root, self.download = source, root, download
@@ -107,6 +126,7 @@ class CLBenchmark(LightningDataModule):
         self.val_fraction, self.seed = val_fraction, seed
         self.eval_split = eval_split
         self.data_device = data_device
+        self.memory_budget_gb, self.stream_workers = memory_budget_gb, stream_workers
         self.model_input = ModelInput.from_config(model_input)
         self.current_task = 0
         self.test_tasks: list[int] | None = None
@@ -129,10 +149,7 @@ class CLBenchmark(LightningDataModule):
         problems = []
         source, entry = options.get("source"), cls.source_entry(options)
         if entry is None:
-            problems.append(
-                f"benchmark.source={source!r} is unknown: choose one of {', '.join(SOURCES)} "
-                f"(or add one with clcore.benchmarks.sources.register_source)"
-            )
+            problems.append(entry_or_problem(options)[1])
         elif entry.needs_root and options.get("root") is None:
             problems.append(
                 f"benchmark.root is not set: source {source!r} needs the folder that holds its files"
@@ -155,13 +172,26 @@ class CLBenchmark(LightningDataModule):
             problems.append(
                 "benchmark.eval_split=val needs validation images: set benchmark.val_fraction > 0 (e.g. 0.1)"
             )
+        budget = options.get("memory_budget_gb", DEFAULT_MEMORY_BUDGET_GB)
+        if not is_number(budget) or not budget > 0:
+            problems.append(
+                f"benchmark.memory_budget_gb={budget!r}: must be a number > 0 (GB of uint8 images held in memory)"
+            )
+        workers = options.get("stream_workers")
+        if workers is not None and (not is_int(workers) or workers < 0):
+            problems.append(
+                f"benchmark.stream_workers={workers!r}: must be an integer >= 0, or null for one per core (up to 8)"
+            )
         return problems
 
     @staticmethod
     def source_entry(options: Mapping[str, Any]) -> DataSource | None:
-        """The registry entry of ``options["source"]``, or None when it is not a registered source."""
-        source = options.get("source")
-        return SOURCES.get(source) if isinstance(source, str) else None
+        """The registry entry of ``options["source"]``, or None when it is not a registered source.
+
+        A ``torchvision:<ClassName>`` source's entry is read from its data under ``options["root"]``
+        (``sources.resolve_source``); None when that fails (``entry_or_problem`` says why).
+        """
+        return entry_or_problem(options)[0]
 
     # ---- what subclasses define ---------------------------------------------------------
     def classes_of(self, task_id: int) -> list[int]:
@@ -196,7 +226,9 @@ class CLBenchmark(LightningDataModule):
         """Load the base data once (``load_source``, cached), split train/validation by seed."""
         if self.data is not None:
             return self.data
-        data = load_source(self.source, None if self.root is None else str(self.root), self.download)
+        data = load_source(
+            self.source, None if self.root is None else str(self.root), self.download, self.memory_budget_gb
+        )
         self._on_load(data)
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(len(data.train_labels), generator=generator)
@@ -301,6 +333,7 @@ class CLBenchmark(LightningDataModule):
             seed=self.seed * 1_000_003 + seed_task,
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            num_workers=self.stream_workers,
         )
 
     def train_dataloader(self) -> TensorBatchLoader:

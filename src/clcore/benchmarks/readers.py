@@ -1,10 +1,11 @@
-"""Readers of the on-disk formats clcore reads itself: MNIST's idx files (plain or ``.gz``) and the
-CIFAR-10/100 python pickles.
+"""Readers of the on-disk formats clcore reads itself: the idx files of the MNIST family (MNIST,
+Fashion-MNIST, KMNIST, EMNIST; plain or ``.gz``), the CIFAR-10/100 python pickles and SVHN's MATLAB
+``.mat`` files.
 
 Every reader checks what it reads and raises ``DamagedDataError`` naming the file and what is wrong
 with it (empty, truncated, wrong magic number, header sizes that disagree with the file, not gzip
-though named ``.gz``, a pickle without its keys or with arrays of the wrong size, labels outside
-the class count). A missing file is the caller's ``DataNotFoundError``, never one of these.
+though named ``.gz``, a pickle or ``.mat`` file without its keys or with arrays of the wrong size,
+labels outside the class count). A missing file is the caller's ``DataNotFoundError``, never one of these.
 
 The readers only read: a ``.gz`` file is unpacked in memory, so a failed read leaves the user's
 data folder exactly as it was.
@@ -88,14 +89,18 @@ def read_idx(path: Path, ndim: int, what: str) -> Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*sizes)
 
 
-def check_labels(path: str | Path, labels: Tensor, num_classes: int) -> None:
-    """Every label in ``0..num_classes-1``; else name the first one outside and how many there are."""
-    outside = (labels < 0) | (labels >= num_classes)
+def check_labels(path: str | Path, labels: Tensor, num_classes: int, first: int = 0) -> None:
+    """Every label in ``first..first+num_classes-1``; else name the first one outside and how many there are.
+
+    ``first`` is 1 for files that number their classes from 1 (EMNIST letters, SVHN).
+    """
+    last = first + num_classes - 1
+    outside = (labels < first) | (labels > last)
     if bool(outside.any()):
         index = int(outside.nonzero()[0])
         raise DamagedDataError(
             path,
-            f"{int(outside.sum())} labels outside 0..{num_classes - 1} "
+            f"{int(outside.sum())} labels outside {first}..{last} "
             f"(the first: {int(labels[index])} at position {index})",
         )
 
@@ -203,3 +208,50 @@ def read_cifar_names(path: Path, names_key: str, num_classes: int) -> tuple[str,
     if not isinstance(names, list) or len(names) != num_classes or not all(isinstance(n, str) for n in names):
         raise DamagedDataError(path, f"has no {names_key!r} list of {num_classes} class names")
     return tuple(names)
+
+
+# ---- MATLAB .mat files (SVHN) ---------------------------------------------------------------------
+def read_svhn_mat(path: Path) -> tuple[Tensor, Tensor]:
+    """One of SVHN's cropped-digit files (``train_32x32.mat``, ``test_32x32.mat``): uint8 images
+    ``[N, 3, 32, 32]`` and int64 labels ``[N]`` in 0..9 (the file's label 10, digit 0, becomes 0 as
+    torchvision makes it).
+
+    Read with ``scipy.io.loadmat`` (MATLAB 5 format, as the official files are), from the bytes in
+    memory. Checks that ``X`` is a uint8 array ``[32, 32, 3, N]``, that ``y`` holds one label in
+    1..10 per image, and refuses anything else (an HTML error page, a truncated download, a
+    MATLAB 7.3 file) naming the file.
+    """
+    from scipy.io import loadmat  # a dependency of scikit-learn; only SVHN needs it
+
+    data = read_bytes(path)
+    try:
+        entry = loadmat(io.BytesIO(data))
+    except NotImplementedError as error:  # "Please use HDF reader for matlab v7.3 files"
+        raise DamagedDataError(
+            path, f"a MATLAB 7.3 (HDF5) file, not SVHN's MATLAB 5 file ({error})"
+        ) from None
+    except Exception as error:  # loadmat raises anything from ValueError to TypeError on garbage
+        raise DamagedDataError(
+            path, f"not a readable MATLAB .mat file, or truncated ({type(error).__name__}: {error})"
+        ) from None
+    images, labels = entry.get("X"), entry.get("y")
+    if not isinstance(images, np.ndarray) or not isinstance(labels, np.ndarray):
+        keys = sorted(key for key in entry if not key.startswith("__"))
+        raise DamagedDataError(path, f"holds the variables {keys}, not SVHN's 'X' (images) and 'y' (labels)")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
+        raise DamagedDataError(
+            path,
+            f"its 'X' is {images.dtype} {images.shape}, not uint8 32x32x3xN (SVHN's 32x32 colour digits)",
+        )
+    if labels.dtype.kind not in "iuf" or labels.size != labels.shape[0] or labels.ndim not in (1, 2):
+        raise DamagedDataError(path, f"its 'y' is {labels.dtype} {labels.shape}, not one label per image")
+    labels = torch.from_numpy(labels.reshape(-1).astype(np.int64))
+    count = images.shape[3]
+    if count == 0:
+        raise DamagedDataError(path, "holds no images")
+    if len(labels) != count:
+        raise DamagedDataError(path, f"holds {count} images but {len(labels)} labels")
+    check_labels(path, labels, 10, first=1)
+    # [H, W, C, N] -> [N, C, H, W], as torchvision's SVHN transposes it
+    images = torch.from_numpy(np.ascontiguousarray(images.transpose(3, 2, 0, 1)))
+    return images, torch.where(labels == 10, 0, labels)

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from clcore.benchmarks.streamed import StreamedImages
+
 
 class TensorBatchLoader:
     """Iterates ``(images[idx], labels[idx], task_id)`` over index chunks of a (shuffled) order.
@@ -21,6 +23,12 @@ class TensorBatchLoader:
 
     Under data parallelism each process takes every ``world_size``-th sample of the same
     shuffled order (the ``DistributedSampler`` rule), so the shards are disjoint and cover the data.
+
+    ``images`` may be ``StreamedImages`` (a data set larger than the memory budget,
+    ``clcore.benchmarks.streamed``): the index chunks and their order are the same, and each
+    chunk's images are read from disk by ``num_workers`` DataLoader workers (None: as many as
+    ``streamed.default_workers()``; 0: this process). The batches are identical to those of the
+    same data held in memory.
     """
 
     def __init__(
@@ -34,6 +42,7 @@ class TensorBatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        num_workers: int | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -46,6 +55,7 @@ class TensorBatchLoader:
         self.images, self.labels, self.task_id = images, labels, task_id
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.rank, self.world_size = rank, world_size
+        self.num_workers = num_workers
         self.generator = torch.Generator().manual_seed(seed)
 
     def _num_samples(self) -> int:
@@ -63,6 +73,9 @@ class TensorBatchLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else None
         if self.world_size > 1:
             order = (order if order is not None else torch.arange(n))[self.rank :: self.world_size]
+        if isinstance(self.images, StreamedImages):
+            yield from self._streamed(order)
+            return
         if order is None:  # contiguous slices are views: no copy at all
             for start in range(0, len(self) * self.batch_size, self.batch_size):
                 rows = slice(start, start + self.batch_size)
@@ -71,3 +84,15 @@ class TensorBatchLoader:
         order = order.to(self.images.device)
         for chunk in order[: len(self) * self.batch_size].split(self.batch_size):
             yield self.images[chunk], self.labels[chunk], self._task_ids(chunk)
+
+    def _streamed(self, order: Tensor | None) -> Iterator[tuple[Tensor, Tensor, int | Tensor]]:
+        """The batches of the in-memory path, each chunk's images read from disk by the workers."""
+        if order is None:
+            stops = range(0, len(self) * self.batch_size, self.batch_size)
+            chunks = [torch.arange(start, min(start + self.batch_size, len(self.labels))) for start in stops]
+        else:
+            chunks = list(order[: len(self) * self.batch_size].split(self.batch_size))
+        images = self.images.batches(chunks, self.num_workers)
+        for chunk, batch in zip(chunks, images, strict=True):
+            chunk = chunk.to(self.labels.device)
+            yield batch, self.labels[chunk], self._task_ids(chunk)

@@ -100,6 +100,8 @@ class Attributions(CLCallback):
             task_folder = folder / f"task_{seen + 1}"
             split = benchmark.task_split(benchmark.eval_split, seen)
             images, labels = split.images[: self.num_images].cpu(), split.labels[: self.num_images].cpu()
+            if not isinstance(images, torch.Tensor):  # a streamed data set: read these few from disk
+                images = images.read()
             if not (task_folder / "inputs.pt").exists():
                 torch_save_atomic(task_folder / "inputs.pt", images)
                 torch_save_atomic(task_folder / "labels.pt", labels)

@@ -36,7 +36,7 @@ from clcore.algorithms.base import CLAlgorithm
 from clcore.backbones.base import CLBackbone
 from clcore.benchmarks.base import CLBenchmark
 from clcore.benchmarks.errors import DataNotFoundError
-from clcore.benchmarks.sources import load_source
+from clcore.benchmarks.sources import DEFAULT_MEMORY_BUDGET_GB, load_source
 from clcore.clrun import resume
 from clcore.clrun.construction import bare_trainer_problems, optimizer_problems
 from clcore.config_rules import ConfigError, is_int, is_number, raise_if_problems
@@ -79,7 +79,7 @@ def preflight(cfg: DictConfig) -> RunPlan:
     located, problems = _located_groups(plain)
     benchmark_problems = _benchmark_problems(plain, located["benchmark"])
     problems += benchmark_problems
-    problems += _model_problems(plain, located)
+    problems += _model_problems(plain, located) + _paradigm_problems(plain, located)
     problems += _training_problems(plain)
     problems += _trainer_problems(plain) + _monitor_problems(plain, located)
     # Groups with a problem already (``<group>.<key>...``) are not constructed: one message per fault.
@@ -222,6 +222,16 @@ def _model_problems(plain: dict, located: dict[str, Any]) -> list[str]:
         )
         problems += _unknown_option_problems("algorithm", algorithm, options)
     return problems
+
+
+def _paradigm_problems(plain: dict, located: dict[str, Any]) -> list[str]:
+    """A benchmark's rules for a paradigm (``paradigm_problems``, e.g. DIL over data sets of unequal
+    class counts in a multi-data-set sequence), where the benchmark class states any."""
+    benchmark, heads = located["benchmark"], located["paradigm"]
+    rules = getattr(benchmark, "paradigm_problems", None)
+    if rules is None or not isinstance(heads, type):
+        return []
+    return rules(_options(plain, "benchmark"), heads.paradigm or None)
 
 
 def _unknown_option_problems(group: str, cls: type, options: dict) -> list[str]:
@@ -392,18 +402,30 @@ def _resume_plan(cfg: DictConfig, data_fingerprint: str | None) -> tuple[Path | 
 
 # ---- the data, loaded once ------------------------------------------------------------------------
 def _data_file_problems(options: dict) -> list[str]:
-    """Missing data files, named, whatever else is wrong with the benchmark config.
+    """Missing data files, named, whatever else is wrong with the benchmark config: of its ``source``,
+    or of every data set a multi-data-set benchmark lists in ``sources`` (each missing one named).
 
     The data set stays in ``load_source``'s cache, so building the benchmark reads no file again.
+    A ``torchvision:<ClassName>`` source is opened at ``root`` to find its entry (its failure is the
+    benchmark's rules' to report); data is loaded with the run's ``memory_budget_gb``, so a source
+    read image by image is held in memory or streamed as the run will have it.
     """
-    entry, root = CLBenchmark.source_entry(options), options.get("root")
-    if entry is None or (entry.needs_root and root is None):
-        return []  # reported by the benchmark's rules
-    try:
-        load_source(entry.name, None if root is None else str(root), bool(options.get("download", False)))
-    except (DataNotFoundError, ValueError) as error:  # ValueError: data unlike its registry entry
-        return [f"benchmark: {error}"]
-    return []
+    budget = options.get("memory_budget_gb", DEFAULT_MEMORY_BUDGET_GB)
+    if not is_number(budget) or not budget > 0:
+        budget = DEFAULT_MEMORY_BUDGET_GB  # reported by the benchmark's rules
+    download = bool(options.get("download", False))
+    root, sources = options.get("root"), options.get("sources")
+    names = sources if isinstance(sources, list) else [options.get("source")]
+    problems = []
+    for name in dict.fromkeys(name for name in names if isinstance(name, str)):  # each once, in order
+        entry = CLBenchmark.source_entry({"source": name, "root": root, "download": download})
+        if entry is None or (entry.needs_root and root is None):
+            continue  # reported by the benchmark's rules
+        try:
+            load_source(entry.name, None if root is None else str(root), download, budget)
+        except (DataNotFoundError, ValueError) as error:  # ValueError: data unlike its registry entry
+            problems.append(f"benchmark: {error}")
+    return problems
 
 
 def _loaded_benchmark(benchmark_cfg: DictConfig) -> tuple[CLBenchmark | None, list[str]]:
