@@ -20,6 +20,7 @@ from clcore.algorithms.tak import TAK
 from clcore.algorithms.tak.factors import combined_curvature
 from clcore.algorithms.tak.kfac_penalty import accumulate_factors
 from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
+from clcore.algorithms.tak.task_vector_files import mammoth_parameter_name
 from clcore.backbones.mlp import MLP
 from clcore.benchmarks import SplitBenchmark
 from clcore.callbacks.base import CLCallback
@@ -403,6 +404,29 @@ def test_tiny_clip_sequence_merges_sweeps_saves_and_reloads(make_config, tmp_pat
     assert all(torch.count_nonzero(p) == 0 for p in never_stepped)
     summary = json.loads((tmp_path / "second" / "results" / "summary.json").read_text())
     assert summary["single_task_accuracy"] == pytest.approx(results.summary()["single_task_accuracy"])
+
+    # The same vectors written as the reference (Mammoth) saves them, under its parameter names, and
+    # loaded from its args file: the same matrix again.
+    from tests.library.tak.test_merging_conventions import _reference_names, _write_reference_files
+
+    ours = {name: mammoth_parameter_name(name) for name in _reference_names(8)}  # reference -> clcore
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for task, vector in enumerate(vectors):
+        names = [name for name, clcore_name in ours.items() if clcore_name in vector.vector]
+        tensors = [vector.vector[ours[name]] for name in names]
+        _write_reference_files(reference, "1_seq-cifar100", task, tensors, names, {"tangent": 1})
+    from_reference = run_sequence(
+        make_config(
+            *CLIP_TAK,
+            f"algorithm.fisher_cache={tmp_path / 'fisher'}",
+            "algorithm.load_task_vectors=true",
+            f"algorithm.load_path={reference / '1_seq-cifar100_args.json'}",
+            subdir="third",
+        )
+    )
+    torch.testing.assert_close(from_reference.acc_matrix, results.acc_matrix, equal_nan=True)
+    assert from_reference.summary()["task_vector_loaded"] == [1.0, 1.0]
 
 
 def test_clip_experiment_offline_says_what_is_missing(make_config, tmp_path):

@@ -44,6 +44,10 @@ BAD_OPTIONS = [
         ["algorithm.iso_cts_common_fraction=1.5", "[0, 1]"],
     ),
     ({"seed": -3}, ["algorithm.seed=-3", "integer >= 0"]),
+    (
+        {"load_task_vectors": True, "load_path": "runs/1_seq-cifar100_args.json"},
+        ["is a reference (Mammoth) run", "algorithm.frozen_head"],
+    ),
     ({"reg_lambda": -1.0}, ["algorithm.reg_lambda=-1.0", ">= 0"]),
     ({"reg_lambda": math.nan}, ["algorithm.reg_lambda=nan"]),
     ({"merging": "dare", "dare_p": 1.0}, ["algorithm.dare_p=1.0", "[0, 1)"]),

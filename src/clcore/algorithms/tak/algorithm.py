@@ -79,7 +79,13 @@ from clcore.algorithms.tak.kfac_penalty import kfac_penalty
 from clcore.algorithms.tak.merging import CONVENTIONS as MERGE_CONVENTIONS
 from clcore.algorithms.tak.merging import merge_task_vectors, sweep_values
 from clcore.algorithms.tak.parameters import select_parameters
-from clcore.algorithms.tak.task_vector_files import read_task_vector, task_vector_file
+from clcore.algorithms.tak.task_vector_files import (
+    is_mammoth_run,
+    mammoth_task_vector_file,
+    read_mammoth_task_vector,
+    read_task_vector,
+    task_vector_file,
+)
 from clcore.algorithms.tak.weight_delta import WeightDelta, forward_with_delta
 from clcore.backbones.base import CLBackbone
 from clcore.backbones.clip import CLIPVisualBackbone
@@ -394,7 +400,14 @@ class TAK(CLAlgorithm):
         if given["load_task_vectors"] and not given["load_path"]:
             problems.append(
                 "algorithm.load_task_vectors=true needs algorithm.load_path: the task_vectors/ folder of an "
-                "earlier run (written by the TAKOutputs callback with save_task_vectors=true)"
+                "earlier run (written by the TAKOutputs callback with save_task_vectors=true), or the "
+                "reference's <job>_<dataset>_args.json"
+            )
+        if given["load_task_vectors"] and is_mammoth_run(given["load_path"]) and given["frozen_head"] is None:
+            problems.append(
+                f"algorithm.load_path={given['load_path']!r} is a reference (Mammoth) run, whose files hold no "
+                "per-task heads: load it with a frozen head (algorithm.frozen_head, e.g. CLIP's zero-shot "
+                "text head as in the tak_*_clip experiments)"
             )
         return problems
 
@@ -646,7 +659,21 @@ class TAK(CLAlgorithm):
                 self._heads_written.add(task)
 
     def _load_saved_task_vector(self, task: int) -> dict[str, Tensor] | None:
-        """Task ``task``'s vector from ``load_path`` (its heads too), or None: no file, the task trains."""
+        """Task ``task``'s vector from ``load_path`` (its heads too), or None: no file, the task trains.
+
+        ``load_path`` a reference (Mammoth) run's ``<job>_<dataset>_args.json``: its file of the task
+        (``read_mammoth_task_vector``: the reference's names mapped to clcore's; the heads are the
+        frozen ones, rebuilt from the class names as the reference's zero-shot head)."""
+        if is_mammoth_run(self.load_path):
+            path = mammoth_task_vector_file(self.load_path, task)
+            if not path.exists():
+                log.warning(
+                    "TAK load_task_vectors: no reference file for task %d at %s; training it", task + 1, path
+                )
+                return None
+            saved = read_mammoth_task_vector(path, self.tangent, self.selection.shapes)
+            log.info("TAK load_task_vectors: task %d's vector loaded from the reference's %s", task + 1, path)
+            return saved["vector"]
         path = task_vector_file(self.load_path, task)
         if not path.exists():  # anything else there (a FIFO, a folder) is refused by read_task_vector
             log.warning(

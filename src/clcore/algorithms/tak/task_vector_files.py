@@ -93,6 +93,12 @@ _MAMMOTH_TOP_LEVEL = ("conv1.", "positional_embedding", "ln_pre.", "ln_post.", "
 _MAMMOTH_TASK_FILE = re.compile(r"_task_(\d+)\.pt$")
 
 
+def is_mammoth_run(load_path: object) -> bool:
+    """Whether ``load_path`` names a reference (Mammoth) run: its ``<job>_<dataset>_args.json``, what
+    the reference's ``--load_path`` takes; clcore's own runs are a ``task_vectors/`` folder."""
+    return isinstance(load_path, str | Path) and str(load_path).endswith("_args.json")
+
+
 def mammoth_task_vector_file(load_path: str | Path, task: int) -> Path:
     """The reference's file of task ``task`` (0-based, as in its names) for its ``--load_path``.
 
