@@ -60,3 +60,12 @@ def test_tasks_must_be_set_up_in_order():
     heads = HeadsTIL(input_dim=4)
     with pytest.raises(ValueError, match="expected task 1, got 2"):
         heads.setup_task(1, 2)
+
+
+def test_task_class_offsets_follow_the_heads_as_they_grow():
+    heads = HeadsTIL(4)
+    heads.setup_task(0, 2)
+    heads.setup_task(1, 3)
+    assert heads.task_class_offsets("cpu").tolist() == [0, 2, 5]
+    heads.setup_task(2, 4)  # grown: the cached offsets are rebuilt
+    assert heads.task_class_offsets("cpu").tolist() == [0, 2, 5, 9]

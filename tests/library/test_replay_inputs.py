@@ -50,8 +50,8 @@ def test_the_memory_holds_uint8_images_of_the_training_set(make_config):
         assert match.any(1).all()
         labels_of_match = split.labels[match.float().argmax(1)]
         assert torch.equal(labels_of_match, held["labels"][rows])
-    # a quarter of float32's bytes for the inputs
-    assert memory.inputs.numel() * 1 == memory.inputs.nbytes
+    # the footprint reported: 200 images of 1x8x8 bytes, and labels, task ids, class ids as int64
+    assert memory.memory_bytes() == 200 * 64 + 3 * 200 * 8
 
 
 def test_a_memory_sample_gets_its_own_tasks_transform(make_config):

@@ -301,10 +301,7 @@ def replay_logits(heads: CLHeads, features: Tensor, task_ids: Tensor) -> tuple[T
 def replay_targets(heads: CLHeads, labels: Tensor, task_ids: Tensor) -> Tensor:
     """``heads.targets`` for a batch mixing tasks: CIL adds each sample's task's class offset."""
     if heads.paradigm == "cil":
-        offsets = torch.tensor(
-            [heads.class_offset(t) for t in range(heads.num_tasks_seen)], device=labels.device
-        )
-        return labels + offsets[task_ids]
+        return labels + heads.task_class_offsets(labels.device)[task_ids]
     return labels
 
 
@@ -314,8 +311,7 @@ def global_class_ids(heads: CLHeads, labels: Tensor, task_ids: Tensor) -> Tensor
     has the same classes, so the id is the label."""
     if heads.paradigm == "dil":
         return labels
-    offsets = torch.tensor([0, *heads.classes_per_task], device=labels.device).cumsum(0)
-    return labels + offsets[task_ids]
+    return labels + heads.task_class_offsets(labels.device)[task_ids]
 
 
 def masked_cross_entropy(logits: Tensor, valid: Tensor, targets: Tensor) -> Tensor:

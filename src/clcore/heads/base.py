@@ -8,6 +8,7 @@ incremental learning").
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -22,10 +23,23 @@ class CLHeads(nn.Module):
             raise ValueError(f"heads input_dim must be positive, got {input_dim}")
         self.input_dim = input_dim
         self.classes_per_task: list[int] = []
+        self._class_offsets: tuple[tuple, Tensor] | None = None  # (classes per task, device), offsets
 
     @property
     def num_tasks_seen(self) -> int:
         return len(self.classes_per_task)
+
+    def task_class_offsets(self, device) -> Tensor:
+        """``[T + 1]``: the classes of the tasks before each task, $\\sum_{s < t} C_s$, on ``device``.
+
+        Read every step by code that mixes tasks in a batch (replay); built once per task and
+        device (the heads grow only at a task's start), not copied from a host list every step.
+        """
+        key = (tuple(self.classes_per_task), str(device))
+        if self._class_offsets is None or self._class_offsets[0] != key:
+            offsets = torch.tensor([0, *self.classes_per_task], device=device).cumsum(0)
+            self._class_offsets = (key, offsets)
+        return self._class_offsets[1]
 
     def setup_task(self, task_id: int, num_classes: int) -> None:
         """Make room for task ``task_id`` (0-based) with ``num_classes`` classes; idempotent."""
